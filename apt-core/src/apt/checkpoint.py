@@ -1,0 +1,155 @@
+"""Checkpoints: atomic on disk, loadable with ``weights_only=True``, self-describing.
+
+A checkpoint holds everything needed to continue a run bit-for-bit (model, optimizer, scaler,
+RNG states, step, early-stopping state, plugin state) and to rebuild the model elsewhere
+(the validated profile, tokenizer and provider versions). Files are written to a temporary
+name in the same directory, fsynced, renamed into place, and the directory fsynced, so a
+kill at any instant leaves either the old set of checkpoints or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from apt import __version__
+from apt import config as cfg
+from apt.errors import AptError, CheckpointError, ConfigError
+from apt.profile import Profile
+from apt.registry import Registry
+from apt.tokenizers import Tokenizer, tokenizer_from_state
+
+FORMAT = "apt-checkpoint"
+FORMAT_VERSION = 1
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then make it ``path`` durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Completed step checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = False) -> Path:
+    """Write the checkpoint for ``state["step"]``, prune to ``keep_last``; also best.pt if ``best``."""
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "apt_version": __version__, **state}
+    folder = checkpoint_dir(run_dir)
+    path = folder / f"step-{state['step']:08d}.pt"
+    atomic_write(path, lambda f: torch.save(state, f))
+    if best:
+        atomic_write(folder / "best.pt", lambda f: torch.save(state, f))
+    for _, old in step_checkpoints(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else its latest step)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for run_dir in (p, p.parent):
+            best = checkpoint_dir(run_dir) / "best.pt"
+            if best.is_file():
+                return best
+            steps = step_checkpoints(run_dir)
+            if steps:
+                return steps[-1][1]
+        raise CheckpointError(f"no checkpoint in {p}: expected {checkpoint_dir(p)}/step-*.pt or best.pt "
+                              f"(train first with apt train)")
+    raise CheckpointError(f"checkpoint {str(p)!r} not found: pass a run directory or a .pt file")
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an apt checkpoint ({first}); "
+                              f"delete it or point at another one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an apt checkpoint (no '{FORMAT}' marker)")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer apt ({state.get('apt_version')}); "
+                              f"upgrade apt-core to read it")
+    return state
+
+
+def profile_of(state: dict[str, Any], path: Path) -> Profile:
+    try:
+        return cfg.build(Profile, state["profile"])
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} holds an invalid profile: {err}") from None
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    profile: Profile
+    state: dict[str, Any]
+    path: Path
+
+
+def load_model(path: str | Path, *, registry: Registry | None = None, device: str = "cpu") -> Loaded:
+    """Rebuild the model a checkpoint was trained with, with the providers it names (no fallback)."""
+    from apt.model import ModelBuilder
+
+    file = resolve(path)
+    state = load(file)
+    profile = profile_of(state, file)
+    tokenizer = tokenizer_from_state(state["tokenizer"])
+    pinned = {f"model.{kind}": info["name"] for kind, info in state.get("providers", {}).items()
+              if kind in ("attention", "ffn", "router", "align")}
+    profile = cfg.build(Profile, _with(profile.to_dict(), pinned))
+    try:
+        built = ModelBuilder(profile, tokenizer.vocab_size, registry=registry, strict=True).build()
+    except AptError as err:
+        raise CheckpointError(f"cannot rebuild the model of {file}: {err}") from None
+    try:
+        built.model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {file} does not match its model: {str(err).splitlines()[0]}") from None
+    built.model.to(device).eval()
+    return Loaded(built.model, tokenizer, profile, state, file)
+
+
+def _with(data: dict[str, Any], assignments: dict[str, Any]) -> dict[str, Any]:
+    for key, value in assignments.items():
+        section, _, name = key.partition(".")
+        data[section][name] = value
+    return data

@@ -1,0 +1,82 @@
+"""The ``apt`` command line.
+
+Built-in commands live in this package; other packages add commands through the entry-point
+group ``apt.commands`` (``market = "apt_marketplace.cli:main"``), each a ``main(argv) -> int``.
+Only the chosen command's module is imported, so ``apt plugin list`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from apt import __version__
+from apt.errors import AptError
+
+COMMAND_GROUP = "apt.commands"
+BUILTIN = {
+    "train": ("apt.cli.run", "train a model from a profile"),
+    "generate": ("apt.cli.run", "sample text from a checkpoint"),
+    "eval": ("apt.cli.run", "loss and perplexity of a checkpoint on a file"),
+    "plugin": ("apt.cli.plugins", "list and inspect installed providers"),
+    "plugin-list": ("apt.cli.plugins", "same as: apt plugin list"),
+    "plugin-info": ("apt.cli.plugins", "same as: apt plugin info"),
+    "errors": ("apt.cli.errors", "failures recorded by past runs"),
+}
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"apt: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("apt")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Format())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _external() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in BUILTIN}
+
+
+def _usage(external: dict[str, object]) -> str:
+    lines = [f"usage: apt COMMAND ...   (apt {__version__})", "", "commands:"]
+    lines += [f"  {name:<12} {summary}" for name, (_, summary) in BUILTIN.items()]
+    lines += [f"  {name:<12} (from {getattr(ep, 'dist', None) and ep.dist.metadata['Name']})"
+              for name, ep in sorted(external.items())]
+    lines += ["", "run 'apt COMMAND --help' for a command's options"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    external = _external()
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage(external))
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"apt {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command in BUILTIN:
+            module = __import__(BUILTIN[command][0], fromlist=["run"])
+            return module.run(command, rest)
+        if command in external:
+            return int(external[command].load()(rest) or 0)
+        print(f"apt: error: unknown command {command!r}; run 'apt --help' for the list", file=sys.stderr)
+        return 2
+    except AptError as err:
+        print(f"apt: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+

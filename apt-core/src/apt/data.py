@@ -1,0 +1,157 @@
+"""Corpora as memory-mapped token arrays, and deterministic batches.
+
+A corpus is tokenized once, in chunks, into ``APT_HOME/cache/tokens/<key>.bin`` (written
+atomically) and read back as a read-only ``np.memmap``, so corpora larger than memory work.
+The batch for (step, micro-batch, rank) comes from a generator seeded by those numbers
+alone: the data position of a run *is* its step, which makes resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apt.errors import AptError
+from apt.home import apt_home
+from apt.profile import DataConfig
+from apt.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
+
+CHUNK_CHARS = 1 << 24
+
+
+def bundled_corpus() -> Path:
+    """The small corpus shipped with apt (Shakespeare, public domain) for the default profile."""
+    return Path(str(resources.files("apt") / "corpus" / "tiny_shakespeare.txt"))
+
+
+def read_chunks(path: Path, fmt: str = "auto", field: str = "text", key: str = "data.train_path") -> Iterator[str]:
+    """Text of ``path`` in chunks; JSONL documents are joined by newlines."""
+    if not path.is_file():
+        raise AptError(f"{key}: file {str(path)!r} not found; point it at a text or JSONL corpus")
+    jsonl = fmt == "jsonl" or (fmt == "auto" and path.suffix == ".jsonl")
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            if not jsonl:
+                while chunk := f.read(CHUNK_CHARS):
+                    yield chunk
+                return
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                    text = doc[field]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise AptError(f"{path}:{lineno}: expected a JSON object with a string {field!r} "
+                                   f"(set data.jsonl_field)") from None
+                if not isinstance(text, str):
+                    raise AptError(f"{path}:{lineno}: {field!r} must be a string")
+                yield text + "\n"
+    except UnicodeDecodeError as err:
+        raise AptError(f"{key}: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def encode_to_array(chunks: Iterator[str], tokenizer: Tokenizer, cache_key: str) -> np.ndarray:
+    """Tokenize into the cache (once) and return the memory-mapped tokens."""
+    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
+    cache = apt_home() / "cache" / "tokens"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{cache_key}.bin"
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                out.write(np.asarray(tokenizer.encode(chunk), dtype=dtype).tobytes())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+@dataclass
+class Corpus:
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+    sources: list[str]
+
+
+def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> Corpus:
+    """Tokenize the configured corpus; a given tokenizer (from a checkpoint) is reused as is."""
+    train_path = Path(cfg.train_path) if cfg.train_path else bundled_corpus()
+    paths = [(train_path, "data.train_path")]
+    if cfg.val_path:
+        paths.append((Path(cfg.val_path), "data.val_path"))
+
+    def chunks(path: Path, key: str) -> Iterator[str]:
+        return read_chunks(path, cfg.format, cfg.jsonl_field, key)
+
+    if tokenizer is None:
+        if cfg.tokenizer == "byte":
+            tokenizer = ByteTokenizer()
+        else:
+            tokenizer = CharTokenizer.from_texts(c for p, k in paths for c in chunks(p, k))
+    arrays = [encode_to_array(chunks(p, k), tokenizer, _cache_key(p, cfg, tokenizer)) for p, k in paths]
+    if cfg.val_path:
+        train, val = arrays
+    else:
+        split = int(len(arrays[0]) * (1 - cfg.val_fraction))
+        train, val = arrays[0][:split], arrays[0][split:]
+    for name, arr in (("training", train), ("validation", val)):
+        if len(arr) < block_size + 2:
+            raise AptError(f"data: the {name} split has {len(arr)} tokens, fewer than block_size + 2 = "
+                           f"{block_size + 2}; use a larger corpus or a smaller model.block_size")
+    return Corpus(train, val, tokenizer, [str(p) for p, _ in paths])
+
+
+def _cache_key(path: Path, cfg: DataConfig, tokenizer: Tokenizer) -> str:
+    st = path.stat()
+    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.format, cfg.jsonl_field,
+                        tokenizer.state()])
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def seed_for(*parts: object) -> int:
+    """A 63-bit seed determined by ``parts`` alone (stable across processes and platforms)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def window_batch(tokens: np.ndarray, offsets: Sequence[int] | np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(block_size + 1)
+    chunk = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+class Batches:
+    """Random windows of ``block_size + 1`` tokens, a pure function of (seed, step, micro, rank)."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0) -> None:
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.high = len(tokens) - block_size - 1
+
+    def get(self, step: int, micro: int = 0, stream: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(seed_for(self.seed, stream, step, micro, self.rank))
+        offsets = torch.randint(0, self.high + 1, (self.batch_size,), generator=gen).numpy()
+        return window_batch(self.tokens, offsets, self.block_size)
+
+
+def sequential_windows(tokens: np.ndarray, block_size: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of non-overlapping windows covering every token once (for ``apt eval``)."""
+    n = len(tokens) - 1
+    for start in range(0, n, block_size):
+        yield start, min(block_size, n - start)

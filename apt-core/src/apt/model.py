@@ -1,0 +1,162 @@
+"""A decoder-only causal language model assembled from providers.
+
+``ModelBuilder(profile, vocab_size).build()`` resolves one provider per kind through the
+registry (defaults and fallbacks apply there), validates each provider's config against the
+model's shape, and wires token + position embeddings, pre-norm blocks of attention and
+FFN (or a router around FFN experts), a final norm and a head tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apt.profile import Profile
+from apt.providers import ModelDims, Provider
+from apt.registry import Registry, Resolution, default_registry
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class Block(nn.Module):
+    def __init__(self, dims: ModelDims, attn: nn.Module, mlp: nn.Module) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dims.d_model, bias=dims.bias)
+        self.attn = attn
+        self.ln_2 = nn.LayerNorm(dims.d_model, bias=dims.bias)
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, dims: ModelDims, blocks: list[Block], extras: dict[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        self.dims = dims
+        self.tok_emb = nn.Embedding(dims.vocab_size, dims.d_model)
+        self.pos_emb = nn.Embedding(dims.block_size, dims.d_model)
+        self.drop = nn.Dropout(dims.dropout)
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_f = nn.LayerNorm(dims.d_model, bias=dims.bias)
+        self.lm_head = nn.Linear(dims.d_model, dims.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight
+        self.extras = nn.ModuleDict(extras or {})
+
+    def forward(self, idx: torch.Tensor) -> Output:
+        T = idx.shape[1]
+        if T > self.dims.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size {self.dims.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        for block in self.blocks:
+            x = block(x)
+        h = self.ln_f(x)
+        return Output(self.lm_head(h), h)
+
+    def num_params(self) -> int:
+        """Parameters, counting the tied head once and leaving out position embeddings (as GPT-2 does)."""
+        return sum(p.numel() for p in self.parameters()) - self.pos_emb.weight.numel()
+
+
+@dataclass
+class BuiltModel:
+    model: LanguageModel
+    #: kind -> (name, version, distribution) of each provider actually used.
+    providers: dict[str, dict[str, str]]
+    #: Provider instances by "kind.name", to register with the plugin manager.
+    instances: dict[str, Provider]
+    #: switch name -> modules whose ``enabled`` flag the curriculum controls.
+    switches: dict[str, list[nn.Module]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class ModelBuilder:
+    def __init__(self, profile: Profile, vocab_size: int, *, registry: Registry | None = None,
+                 strict: bool = False) -> None:
+        self.profile = profile
+        self.registry = registry or default_registry()
+        self.strict = strict
+        m = profile.model
+        self.dims = ModelDims(m.n_layer, m.n_head, m.d_model, m.block_size, vocab_size, m.dropout, m.bias)
+
+    def resolve(self) -> dict[str, Resolution]:
+        m = self.profile.model
+        requests = {"attention": m.attention, "ffn": m.ffn, "router": m.router, "align": m.align}
+        return {kind: self.registry.resolve(kind, name, strict=self.strict) for kind, name in requests.items()}
+
+    def build(self) -> BuiltModel:
+        resolutions = self.resolve()
+        instances: dict[str, Provider] = {}
+        for kind, res in resolutions.items():
+            if res.provider is not None:
+                provider = self.registry.make(kind, res.name, self.profile.provider_options(kind, res.name))
+                provider.check(self.dims)
+                instances[kind] = provider
+        dims = self.dims
+        attention, ffn = instances["attention"], instances["ffn"]
+        router = instances.get("router")
+        switches: dict[str, list[nn.Module]] = {}
+        blocks = []
+        for layer in range(dims.n_layer):
+            attn = attention.build(dims, layer)
+            if router is not None:
+                mlp = router.build(dims, layer, lambda layer=layer: ffn.build(dims, layer))
+            else:
+                mlp = ffn.build(dims, layer)
+            blocks.append(Block(dims, attn, mlp))
+            for provider, module in ((attention, attn), (ffn, mlp), (router, mlp)):
+                if provider is not None and provider.switch:
+                    switches.setdefault(provider.switch, []).append(module)
+        extras = {}
+        align = instances.get("align")
+        if align is not None:
+            extras["align"] = align.build(dims)
+            if align.switch:
+                switches.setdefault(align.switch, []).append(extras["align"])
+        model = LanguageModel(dims, blocks, extras)
+        init_weights(model)
+        used = {kind: {"name": res.name, "version": res.info.version, "distribution": res.info.distribution}
+                for kind, res in resolutions.items() if res.info is not None}
+        warnings = [res.warning for res in resolutions.values() if res.warning]
+        return BuiltModel(model, used, {f"{p.kind}.{p.name}": p for p in instances.values()}, switches, warnings)
+
+
+def init_weights(model: LanguageModel) -> None:
+    """GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layer).
+
+    Modules a provider initialised itself (``apt_init_done``) are left alone.
+    """
+    residual_std = 0.02 / math.sqrt(2 * model.dims.n_layer)
+    for module in model.modules():
+        if getattr(module, "apt_init_done", False):
+            continue
+        if isinstance(module, nn.Linear):
+            std = residual_std if getattr(module, "apt_residual", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def set_switch(built: BuiltModel, switch: str, enabled: bool) -> None:
+    for module in built.switches.get(switch, ()):
+        module.enabled = enabled
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+def model_summary(built: BuiltModel) -> dict[str, Any]:
+    return {"params": built.model.num_params(), "providers": built.providers}

@@ -1,0 +1,270 @@
+"""Profiles: the YAML description of a run, validated into typed sections.
+
+Errors point at the line of the offending key (``profiles/x.yaml:12: train.lr: ...``) or at
+the ``--set`` flag that introduced it, because a user fixes a file, not a Python object.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from apt import config as cfg
+from apt.config import option, require
+from apt.errors import AptError, ConfigError
+from apt.providers import KINDS
+
+#: Seed-era spellings accepted in profiles and ``--set``.
+KEY_ALIASES = {
+    "model.attention_name": "model.attention",
+    "model.ffn_name": "model.ffn",
+    "model.router_name": "model.router",
+    "model.align_name": "model.align",
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_path: str | None = option(None, doc="text or JSONL corpus; null uses the small corpus shipped with apt")
+    val_path: str | None = option(None, doc="separate validation file; null splits off the tail of train_path")
+    val_fraction: float = option(0.1, gt=0, lt=1, doc="share of the corpus (its end) held out for validation")
+    format: Literal["auto", "text", "jsonl"] = option("auto", doc="auto: .jsonl files are JSONL, others text")
+    jsonl_field: str = option("text", doc="JSONL key holding each document's text")
+    tokenizer: Literal["char", "byte"] = option("char", doc="char: vocabulary of the corpus; byte: 256 UTF-8 bytes")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = option(4, ge=1)
+    n_head: int = option(4, ge=1)
+    d_model: int = option(128, ge=1)
+    block_size: int = option(64, ge=2, doc="context length in tokens")
+    dropout: float = option(0.0, ge=0, lt=1)
+    bias: bool = option(False, doc="biases in Linear and LayerNorm layers")
+    attention: str | None = option(None, doc="attention provider (default tva, falls back to sdpa)")
+    ffn: str | None = option(None, doc="feed-forward provider (default dense)")
+    router: str | None = option(None, doc="mixture-of-experts router wrapping the FFN (e.g. topk_moe)")
+    align: str | None = option(None, doc="alignment objective (e.g. bistate)")
+
+    def __post_init__(self) -> None:
+        require(self.d_model % self.n_head == 0, "d_model",
+                f"must be divisible by n_head={self.n_head}, got {self.d_model}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_iters: int = option(2000, ge=1, doc="optimizer steps")
+    batch_size: int = option(12, ge=1)
+    grad_accum: int = option(1, ge=1, doc="micro-batches per optimizer step")
+    epoch_iters: int | None = option(None, ge=1, doc="steps per epoch (default: one pass over the training tokens)")
+    lr: float = option(1e-3, gt=0)
+    min_lr: float = option(1e-4, ge=0)
+    warmup_iters: int = option(100, ge=0)
+    lr_decay_iters: int | None = option(None, ge=1, doc="cosine decay length (default max_iters)")
+    weight_decay: float = option(0.1, ge=0)
+    beta1: float = option(0.9, ge=0, lt=1)
+    beta2: float = option(0.99, ge=0, lt=1)
+    grad_clip: float = option(1.0, ge=0, doc="0 disables clipping")
+    precision: Literal["fp32", "bf16", "fp16"] = option("fp32", doc="bf16 autocast on CPU; fp16 needs CUDA")
+    device: str = option("auto", doc="auto, cpu, cuda, cuda:N")
+    threads: int | None = option(None, ge=1, doc="CPU threads (default: torch's choice)")
+    seed: int = option(1337)
+    eval_interval: int = option(250, ge=1)
+    eval_iters: int = option(20, ge=1, doc="validation batches per evaluation")
+    patience: int | None = option(None, ge=1, doc="stop after this many evaluations without a better val loss")
+    log_interval: int = option(10, ge=1)
+    max_nonfinite: int = option(5, ge=1, doc="consecutive NaN/Inf steps tolerated before stopping")
+
+    def __post_init__(self) -> None:
+        require(self.min_lr <= self.lr, "min_lr", f"must be <= lr ({self.lr:g}), got {self.min_lr:g}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str = option("runs/{name}", doc="run directory; {name} is the profile name")
+    every: int = option(250, ge=1, doc="steps between checkpoints")
+    keep_last: int = option(3, ge=1)
+    keep_best: bool = option(True, doc="also keep best.pt (lowest val loss)")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    jsonl: bool = option(True, doc="metrics.jsonl in the run directory")
+    tensorboard: bool = option(False, doc="TensorBoard events in <run dir>/tb (pip install apt-core[tensorboard])")
+    progress: bool = option(True, doc="progress bar on a terminal")
+
+
+@dataclass(frozen=True)
+class PluginPolicy:
+    required: bool = option(False, doc="a failing hook stops the run instead of disabling the plugin")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = option("run")
+    data: DataConfig = option(default_factory=DataConfig)
+    model: ModelConfig = option(default_factory=ModelConfig)
+    train: TrainConfig = option(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = option(default_factory=CheckpointConfig)
+    logging: LoggingConfig = option(default_factory=LoggingConfig)
+    providers: dict[str, dict[str, dict[str, Any]]] = option(
+        default_factory=dict, doc="provider configs by kind then name")
+    schedules: dict[str, Any] = option(default_factory=dict)
+    plugins: dict[str, PluginPolicy] = option(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in self.providers:
+            require(kind in KINDS, f"providers.{kind}", f"unknown provider kind; expected one of {', '.join(KINDS)}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoint.dir.format(name=self.name))
+
+    def provider_options(self, kind: str, name: str) -> dict[str, Any]:
+        return self.providers.get(kind, {}).get(name, {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return cfg.to_dict(self)
+
+
+class _Marks:
+    """Line numbers of keys in a YAML document, by dotted path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[str, int] = {}
+
+    def where(self, key: str) -> str:
+        parts = key.split(".")
+        while parts:
+            line = self.lines.get(".".join(parts))
+            if line is not None:
+                return f"{self.source}:{line}"
+            parts.pop()
+        return self.source
+
+
+def _mark_lines(node: yaml.Node | None, marks: _Marks, path: str = "") -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = _canonical(f"{path}.{key_node.value}" if path else str(key_node.value))
+            marks.lines[child] = key_node.start_mark.line + 1
+            _mark_lines(value_node, marks, child)
+
+
+def _canonical(key: str) -> str:
+    return KEY_ALIASES.get(key, key)
+
+
+def _apply_aliases(data: dict[str, Any]) -> None:
+    for old, new in KEY_ALIASES.items():
+        section, _, old_key = old.rpartition(".")
+        node = data.get(section)
+        if isinstance(node, dict) and old_key in node:
+            node[new.rpartition(".")[2]] = node.pop(old_key)
+
+
+def find_profile(name_or_path: str) -> Path:
+    """A path as given, else a profile shipped with apt (``tiny_debug`` -> its YAML)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix in ("", ".yaml", ".yml") and "/" not in name_or_path:
+        bundled = resources.files("apt") / "profiles" / f"{path.stem}.yaml"
+        if bundled.is_file():
+            return Path(str(bundled))
+    shipped = ", ".join(sorted(p.name.removesuffix(".yaml") for p in shipped_profiles()))
+    raise AptError(f"profile {name_or_path!r} not found: pass a YAML file path or one of: {shipped}")
+
+
+def shipped_profiles() -> list[Path]:
+    root = resources.files("apt") / "profiles"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
+    """Read, override and validate a profile; raise :class:`ConfigError` located in file or flag."""
+    path = find_profile(name_or_path)
+    marks = _Marks(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        _mark_lines(yaml.compose(text, Loader=yaml.SafeLoader), marks)
+    except (OSError, UnicodeDecodeError) as err:
+        raise AptError(f"cannot read profile {path}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise AptError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError("", "a profile must be a mapping of sections (data, model, train, ...)", str(path))
+    _apply_aliases(data)
+    data.setdefault("name", path.stem)
+    origin: dict[str, str] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _assign(data, key, value, f"--set {item}")
+        origin[key] = f"--set {item}"
+    try:
+        return cfg.build(Profile, data)
+    except ConfigError as err:
+        source = next((src for key, src in origin.items() if err.key == key or err.key.startswith(key + ".")), None)
+        raise err.located(source or marks.where(err.key)) from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=c`` -> (``"a.b"``, YAML value of ``c``)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise AptError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set train.lr=3e-4")
+    key = _canonical(key)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _assign(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), f"is a value, not a section; cannot set {key}", source)
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def split_seed_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate seed-style ``--model.attention_name X`` / ``--a.b=c`` flags from the rest.
+
+    Returns (remaining argv, overrides in ``a.b=c`` form).
+    """
+    rest: list[str] = []
+    sets: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            if "=" in arg:
+                sets.append(arg[2:])
+            elif i + 1 < len(argv):
+                sets.append(f"{arg[2:]}={argv[i + 1]}")
+                i += 1
+            else:
+                raise AptError(f"{arg}: expected a value, e.g. {arg} VALUE")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, sets

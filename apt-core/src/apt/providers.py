@@ -1,0 +1,138 @@
+"""Provider interfaces: the seven kinds of part a model or a generation run is assembled from.
+
+A provider is a small class registered under the entry-point group ``apt.providers`` as
+``"<kind>.<name>" = "module:Class"``. It declares ``kind``, ``name`` and a ``Config``
+dataclass (every field has a default, bounds in :func:`apt.config.option`) and builds the
+heavy object on demand.
+
+Contract that keeps discovery cheap: a provider's module must not import torch (or any other
+heavy library) at import time; ``build`` imports what it needs. ``apt plugin list`` imports
+provider classes to validate them and must still start in a fraction of a second.
+
+A provider *instance* may also implement ``apt_*`` hooks (see :mod:`apt.hookspecs`); the model
+builder registers it with the plugin manager once, under the name ``"<kind>.<name>"``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+KINDS = ("attention", "ffn", "router", "align", "retriever", "voter", "quant")
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Shape of the model a provider builds a part for."""
+
+    n_layer: int
+    n_head: int
+    d_model: int
+    block_size: int
+    vocab_size: int
+    dropout: float = 0.0
+    bias: bool = False
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass(frozen=True)
+class EmptyConfig:
+    """Config of a provider without options."""
+
+
+class Provider(ABC):
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type] = EmptyConfig
+    #: Curriculum key: ``schedules.enable_<switch>_at_epoch`` turns this provider's modules on.
+    switch: ClassVar[str | None] = None
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def check(self, dims: ModelDims) -> None:
+        """Validate the config against the model's shape; raise :class:`apt.errors.ConfigError`."""
+
+
+class AttentionProvider(Provider):
+    """Causal self-attention: ``module(x: (B, T, C)) -> (B, T, C)``."""
+
+    kind = "attention"
+
+    @abstractmethod
+    def build(self, dims: ModelDims, layer: int) -> nn.Module:
+        ...
+
+
+class FFNProvider(Provider):
+    """Position-wise feed-forward block: ``module(x: (B, T, C)) -> (B, T, C)``."""
+
+    kind = "ffn"
+
+    @abstractmethod
+    def build(self, dims: ModelDims, layer: int) -> nn.Module:
+        ...
+
+
+class RouterProvider(Provider):
+    """Mixture of experts around the FFN; ``make_ffn()`` builds one independently initialised expert."""
+
+    kind = "router"
+
+    @abstractmethod
+    def build(self, dims: ModelDims, layer: int, make_ffn: Callable[[], nn.Module]) -> nn.Module:
+        ...
+
+
+class AlignProvider(Provider):
+    """Model-level alignment objective; contributes through ``apt_extra_losses``."""
+
+    kind = "align"
+
+    @abstractmethod
+    def build(self, dims: ModelDims) -> nn.Module:
+        ...
+
+
+class RetrieverProvider(Provider):
+    """Document index used to augment prompts at generation time."""
+
+    kind = "retriever"
+
+    @abstractmethod
+    def build(self) -> Any:
+        ...
+
+
+class VoterProvider(Provider):
+    """Chooses among sampled candidates (self-consistency)."""
+
+    kind = "voter"
+
+    @abstractmethod
+    def build(self) -> Any:
+        ...
+
+
+class QuantProvider(Provider):
+    """Rewrites a trained model for cheaper inference."""
+
+    kind = "quant"
+
+    @abstractmethod
+    def apply(self, model: nn.Module) -> nn.Module:
+        ...
+
+
+BASES: dict[str, type[Provider]] = {
+    cls.kind: cls
+    for cls in (AttentionProvider, FFNProvider, RouterProvider, AlignProvider,
+                RetrieverProvider, VoterProvider, QuantProvider)
+}

@@ -1,0 +1,443 @@
+"""The training loop: AdamW, warmup + cosine LR, clipping, accumulation, mixed precision,
+periodic evaluation, early stopping, checkpoints and exact resume, with hooks broadcast to
+plugins at step and epoch boundaries.
+
+Exact resume rests on one rule: every random draw of step ``s`` (batch sampling and dropout)
+comes from generators seeded by ``(seed, s, rank)``. A checkpoint therefore needs no generator
+state, and a run resumed at step ``s`` (on one process or under ``torchrun``) replays the same
+numbers an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from apt import checkpoint as ckpt
+from apt.data import Batches, load_corpus, seed_for
+from apt.errors import AptError, CheckpointError, PluginHookError, RunError
+from apt.metrics import MetricsLog
+from apt.model import ModelBuilder, cross_entropy, set_switch
+from apt.plugins import PluginHost
+from apt.profile import Profile
+from apt.registry import Registry
+from apt.schedules import Schedule
+from apt.tokenizers import tokenizer_from_state
+
+log = logging.getLogger("apt")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_val_loss: float | None
+    last_metrics: dict[str, Any]
+    stop_reason: str
+    run_dir: Path
+
+
+def pick_device(name: str, dist: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AptError(f"train.device: {name!r} requested but CUDA is not available; use train.device=cpu")
+        if name == "cuda" and dist.world > 1:
+            name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+class Trainer:
+    """Owns one run. Plugins see it as ``trainer`` in every hook (step, epoch, schedule, model...)."""
+
+    def __init__(self, profile: Profile, *, registry: Registry | None = None, strict: bool = False,
+                 resume: str | None = None, echo: Callable[[str], None] = print) -> None:
+        self.profile = profile
+        self.echo = echo
+        t = profile.train
+        self.dist = DistInfo.from_env()
+        self.device = pick_device(t.device, self.dist)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise AptError("train.precision: fp16 needs a CUDA device; use bf16 on CPU")
+        self.run_dir = profile.run_dir
+        state = self._resume_state(resume)
+        tokenizer = tokenizer_from_state(state["tokenizer"]) if state else None
+        self.corpus = load_corpus(profile.data, profile.model.block_size, tokenizer)
+        self.tokenizer = self.corpus.tokenizer
+
+        torch.manual_seed(t.seed)
+        self.built = ModelBuilder(profile, self.tokenizer.vocab_size, registry=registry, strict=strict).build()
+        self.model = self.built.model.to(self.device)
+        self._forward: nn.Module = self.model
+        if self.dist.world > 1:
+            self._init_distributed()
+
+        self.optimizer = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        world_tokens = t.batch_size * t.grad_accum * profile.model.block_size * self.dist.world
+        self.steps_per_epoch = t.epoch_iters or max(1, len(self.corpus.train) // world_tokens)
+        self.schedule = Schedule(profile.schedules, t.max_iters, self.steps_per_epoch)
+        self.batches = Batches(self.corpus.train, profile.model.block_size, t.batch_size, t.seed, self.dist.rank)
+        self.val_batches = Batches(self.corpus.val, profile.model.block_size, t.batch_size, t.seed)
+        self.eval_train_batches = Batches(self.corpus.train, profile.model.block_size, t.batch_size, t.seed)
+
+        self.run_id = uuid.uuid4().hex
+        self.step = 0
+        self.best_val_loss: float | None = None
+        self.evals_since_best = 0
+        self.nonfinite_streak = 0
+        self.last_metrics: dict[str, Any] = {}
+        self.stop_reason = ""
+        self._error_store: Any = None
+
+        self.host = PluginHost(required=self._required_plugins(), on_failure=self._record_failure)
+        for key, instance in self.built.instances.items():
+            if any(attr.startswith("apt_") for attr in dir(instance)):
+                self.host.register(instance, key)
+        self.host.load_entry_points()
+        if state:
+            self._restore(state)
+        self.metrics = MetricsLog(self.run_dir, jsonl=profile.logging.jsonl and self.dist.main,
+                                  tensorboard=profile.logging.tensorboard and self.dist.main,
+                                  resume_step=self.step if state else None)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _init_distributed(self) -> None:
+        import torch.distributed as tdist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._forward = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.profile.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+
+    def _required_plugins(self) -> set[str]:
+        wanted = {name for name, policy in self.profile.plugins.items() if policy.required}
+        required = set(wanted)
+        for key, instance in self.built.instances.items():
+            if {key, instance.name, instance.switch} & wanted:
+                required.add(key)
+        return required
+
+    def _resume_state(self, resume: str | None) -> dict[str, Any] | None:
+        if resume in (None, "", "none"):
+            return None
+        if resume == "auto":
+            steps = ckpt.step_checkpoints(self.run_dir)
+            if not steps:
+                return None
+            path = steps[-1][1]
+        else:
+            path = ckpt.resolve(resume)
+        state = ckpt.load(path)
+        self._check_compatible(state, path)
+        self.resumed_from = path
+        return state
+
+    def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
+        old = state.get("profile", {})
+        new = self.profile.to_dict()
+        for section, keys in (("model", None), ("data", ("tokenizer",))):
+            for key, value in new[section].items():
+                if keys is not None and key not in keys:
+                    continue
+                was = old.get(section, {}).get(key)
+                if was != value:
+                    raise CheckpointError(
+                        f"checkpoint {path} was trained with {section}.{key}={was!r} but the profile now "
+                        f"says {value!r}: use the original setting, another checkpoint.dir, or --resume none")
+        if old.get("providers") != new["providers"]:
+            raise CheckpointError(f"checkpoint {path} was trained with other provider settings "
+                                  f"({old.get('providers')}); restore them or use another checkpoint.dir")
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+        self.best_val_loss = state["best_val_loss"]
+        self.evals_since_best = state["evals_since_best"]
+        self.run_id = state["run_id"]
+        for name, plugin_state in state.get("plugins", {}).items():
+            self.host.call_one(name, "apt_load_state_dict", trainer=self, state=plugin_state)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        t = self.profile.train
+        if self.step:
+            self.say(f"resumed from {self.resumed_from} at step {self.step}")
+        self.say(f"model: {self.model.num_params() / 1e6:.2f}M parameters | "
+                 + ", ".join(f"{k} {v['name']}" for k, v in self.built.providers.items())
+                 + f" | {self.steps_per_epoch} steps per epoch, {self.schedule.total_epochs} epochs")
+        bar = self._progress()
+        self.host.call("apt_train_start", trainer=self)
+        try:
+            self._apply_switches()
+            while self.step < t.max_iters and not self.stop_reason:
+                if self.step % self.steps_per_epoch == 0:
+                    self._begin_epoch()
+                metrics = self.train_step()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                elif self.step % t.log_interval == 0 or self.step == 1:
+                    self.say(f"step {self.step}/{t.max_iters} | epoch {metrics['epoch']} | loss {metrics['loss']:.4f}"
+                             f" | lr {metrics['lr']:.2e} | {metrics['tokens_per_s']:,.0f} tok/s")
+                last = self.step == t.max_iters
+                improved = False
+                if self.step % t.eval_interval == 0 or last:
+                    improved = self._evaluate_and_log()
+                epoch_done = self.step % self.steps_per_epoch == 0 or last or bool(self.stop_reason)
+                if epoch_done:
+                    self.host.call("apt_epoch_end", trainer=self, epoch=self.schedule.epoch_of(self.step),
+                                   metrics=dict(self.last_metrics))
+                if self.step % self.profile.checkpoint.every == 0 or last or self.stop_reason or improved:
+                    self.save_checkpoint(best=improved)
+            self.stop_reason = self.stop_reason or "finished"
+        except PluginHookError as err:
+            self.stop_reason = f"required plugin failed: {err}"
+            path = self.save_checkpoint()
+            raise RunError(f"{err}; emergency checkpoint {path} holds step {self.step} "
+                           f"(fix the plugin, then --resume auto)") from err
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+            path = self.save_checkpoint()
+            self.say(f"interrupted: checkpoint {path} holds step {self.step}; continue with --resume auto")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            self.host.call("apt_train_end", trainer=self)
+            self.metrics.close()
+        return TrainResult(self.step, self.best_val_loss, self.last_metrics, self.stop_reason, self.run_dir)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup then cosine decay to ``min_lr`` (``step`` is 0-based)."""
+        t = self.profile.train
+        if step < t.warmup_iters:
+            return t.lr * (step + 1) / (t.warmup_iters + 1)
+        decay = t.lr_decay_iters or t.max_iters
+        if step >= decay:
+            return t.min_lr
+        ratio = (step - t.warmup_iters) / max(1, decay - t.warmup_iters)
+        return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.lr - t.min_lr)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step (all micro-batches); returns its metrics."""
+        t = self.profile.train
+        started = time.perf_counter()
+        step = self.step + 1
+        self.schedule.step = self.step
+        torch.manual_seed(seed_for(t.seed, "dropout", self.step, self.dist.rank))
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        batch = self._batch(0)
+        self.host.call("apt_step_start", trainer=self, step=step, batch=batch)
+        loss_sum = torch.zeros((), device=self.device)
+        aux_sums: dict[str, torch.Tensor] = {}
+        for micro in range(t.grad_accum):
+            if micro:
+                batch = self._batch(micro)
+            sync = micro == t.grad_accum - 1 or self._forward is self.model
+            with self._autocast(), (contextlib.nullcontext() if sync else self._forward.no_sync()):
+                out = self._forward(batch[0])
+                loss = cross_entropy(out.logits, batch[1])
+                total = loss
+                for name, extra in self.host.call_each("apt_extra_losses", trainer=self, batch=batch,
+                                                       outputs=out).items():
+                    value = _as_loss(extra)
+                    total = total + value
+                    aux_sums[name] = aux_sums.get(name, 0.0) + value.detach()
+            self.scaler.scale(total / t.grad_accum).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
+        loss_value = loss_sum.item() / t.grad_accum
+        metrics: dict[str, Any] = {"step": step, "epoch": self.schedule.epoch, "loss": loss_value, "lr": lr,
+                                   "grad_norm": grad_norm.item()}
+        metrics.update({f"aux.{name}": v.item() / t.grad_accum for name, v in aux_sums.items()})
+        if math.isfinite(loss_value) and math.isfinite(metrics["grad_norm"]):
+            self.scaler.step(self.optimizer)
+            self.nonfinite_streak = 0
+        else:
+            self._nonfinite(metrics)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = t.batch_size * t.grad_accum * self.profile.model.block_size * self.dist.world
+        metrics["tokens_per_s"] = tokens / max(1e-9, time.perf_counter() - started)
+        self.host.call("apt_step_end", trainer=self, step=step, metrics=metrics)
+        self.step = step
+        self.last_metrics = metrics
+        self.metrics.write("step", metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over fixed train and validation batches (the same ones at every evaluation)."""
+        t = self.profile.train
+        self.model.eval()
+        out = {}
+        for split, batches in (("train", self.eval_train_batches), ("val", self.val_batches)):
+            total = 0.0
+            for i in range(t.eval_iters):
+                x, y = (v.to(self.device) for v in batches.get(i, stream=f"eval-{split}"))
+                with self._autocast():
+                    total += cross_entropy(self.model(x).logits, y).item()
+            out[f"{split}_loss"] = total / t.eval_iters
+        out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
+        self.model.train()
+        return out
+
+    def save_checkpoint(self, *, best: bool = False) -> Path | None:
+        if not self.dist.main:
+            return None
+        state = {
+            "step": self.step,
+            "run_id": self.run_id,
+            "profile": self.profile.to_dict(),
+            "providers": self.built.providers,
+            "tokenizer": self.tokenizer.state(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val_loss": self.best_val_loss,
+            "evals_since_best": self.evals_since_best,
+            "plugins": self.host.call_each("apt_state_dict", trainer=self),
+            "schedule": self.schedule.snapshot(),
+        }
+        return ckpt.save(self.run_dir, state, keep_last=self.profile.checkpoint.keep_last,
+                         best=best and self.profile.checkpoint.keep_best)
+
+    def say(self, text: str) -> None:
+        if self.dist.main:
+            self.echo(text)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _batch(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batches.get(self.step, micro)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _apply_switches(self) -> None:
+        for switch in self.schedule.switches:
+            set_switch(self.built, switch, self.schedule.enabled(switch))
+
+    def _begin_epoch(self) -> None:
+        self.schedule.step = self.step
+        epoch = self.schedule.epoch
+        self._apply_switches()
+        first = self.step + 1
+        last = min(self.step + self.steps_per_epoch, self.profile.train.max_iters)
+        state = self.schedule.snapshot()
+        shown = " | ".join(f"{k.removeprefix('enabled.')}: {'on' if v else 'off'}" if k.startswith("enabled.")
+                           else f"{k}={v:.4g}" for k, v in state.items())
+        self.say(f"epoch {epoch}/{self.schedule.total_epochs} (steps {first}-{last})" + (f" | {shown}" if shown else ""))
+        self.metrics.write("epoch", {"step": self.step, "epoch": epoch, **state})
+        self.host.call("apt_epoch_start", trainer=self, epoch=epoch)
+
+    def _evaluate_and_log(self) -> bool:
+        result = self.evaluate()
+        improved = self.best_val_loss is None or result["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = result["val_loss"]
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        self.last_metrics = {**self.last_metrics, **result}
+        self.metrics.write("eval", {"step": self.step, **result, "best": improved})
+        self.say(f"eval step {self.step} | train {result['train_loss']:.4f} | val {result['val_loss']:.4f} | "
+                 f"val ppl {result['val_ppl']:.2f}" + (" | best" if improved else ""))
+        patience = self.profile.train.patience
+        if patience and self.evals_since_best >= patience:
+            self.stop_reason = (f"early stopping: val loss has not improved for {patience} evaluations "
+                                f"(best {self.best_val_loss:.4f})")
+            self.say(self.stop_reason)
+        return improved
+
+    def _nonfinite(self, metrics: dict[str, Any]) -> None:
+        self.nonfinite_streak += 1
+        self._record("nonfinite", f"non-finite loss or gradient at step {metrics['step']} "
+                                  f"(loss {metrics['loss']}, grad norm {metrics['grad_norm']}); update skipped",
+                     context={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        log.warning("step %d: non-finite loss or gradient; update skipped", metrics["step"])
+        if self.nonfinite_streak >= self.profile.train.max_nonfinite:
+            self.stop_reason = f"diverged: {self.nonfinite_streak} consecutive non-finite steps"
+            raise RunError(f"training diverged at step {metrics['step']}: {self.nonfinite_streak} consecutive "
+                           f"non-finite steps (lower train.lr or raise train.grad_clip; see apt errors list)")
+
+    def _record_failure(self, plugin: str, hook: str, err: BaseException, text: str) -> None:
+        self._record("hook_error", f"{plugin} raised in {hook}: {err!r}", traceback=text, plugin=plugin,
+                     context={"hook": hook, "step": self.step})
+
+    def _record(self, type: str, message: str, **fields: Any) -> None:
+        try:
+            if self._error_store is None:
+                from apt.errorstore import ErrorStore
+
+                self._error_store = ErrorStore()
+            self._error_store.record(type, message, run_id=self.run_id, **fields)
+        except Exception as err:  # the store must never be why a run fails
+            print(f"apt: warning: could not record error in the error store: {err}", file=sys.stderr)
+
+    def _progress(self) -> Any:
+        if not (self.profile.logging.progress and self.dist.main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.profile.train.max_iters, initial=self.step, unit="step", dynamic_ncols=True)
+
+
+def _as_loss(extra: Any) -> torch.Tensor:
+    """A hook may return a tensor, a list of tensors or a dict of named tensors."""
+    if isinstance(extra, torch.Tensor):
+        return extra
+    values = list(extra.values()) if isinstance(extra, dict) else list(extra)
+    if not values:
+        return torch.zeros(())
+    return torch.stack([v.float() for v in values]).sum()
