@@ -73,6 +73,8 @@ def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = F
         atomic_write(folder / "best.pt", lambda f: torch.save(state, f))
     for _, old in step_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+    for stale in folder.glob(".*.tmp*"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apt.errors import ConfigError
 from apt.profile import Profile
 from apt.providers import ModelDims, Provider
 from apt.registry import Registry, Resolution, default_registry
@@ -100,7 +101,10 @@ class ModelBuilder:
         for kind, res in resolutions.items():
             if res.provider is not None:
                 provider = self.registry.make(kind, res.name, self.profile.provider_options(kind, res.name))
-                provider.check(self.dims)
+                try:
+                    provider.check(self.dims)
+                except ConfigError as err:
+                    raise ConfigError(f"providers.{kind}.{res.name}.{err.key}", err.message) from None
                 instances[kind] = provider
         dims = self.dims
         attention, ffn = instances["attention"], instances["ffn"]

@@ -213,10 +213,30 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
         _assign(data, key, value, f"--set {item}")
         origin[key] = f"--set {item}"
     try:
-        return cfg.build(Profile, data)
+        profile = cfg.build(Profile, data)
+        check_provider_options(profile)
     except ConfigError as err:
         source = next((src for key, src in origin.items() if err.key == key or err.key.startswith(key + ".")), None)
         raise err.located(source or marks.where(err.key)) from None
+    return profile
+
+
+def check_provider_options(profile: Profile) -> None:
+    """Validate the options of every installed provider the profile configures.
+
+    Options for providers that are not installed are kept unchecked: a profile may carry settings
+    for optional plugins.
+    """
+    from apt.registry import default_registry
+
+    registry = default_registry()
+    for kind, entries in profile.providers.items():
+        for name, options in entries.items():
+            try:
+                cls = registry.load(kind, name)
+            except AptError:
+                continue
+            cfg.build(cls.Config, options, f"providers.{kind}.{name}")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -1,0 +1,27 @@
+"""Helpers for end-to-end tests: run the real ``apt`` CLI in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+#: A model small enough to train in seconds on two cores.
+SMALL = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
+         "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "train.eval_iters=2",
+         "--set", "train.warmup_iters=5", "--set", "logging.progress=false"]
+
+
+def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300,
+        python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m apt ARGS`` and capture its output."""
+    return subprocess.run([python, "-m", "apt", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str, code: int = 2) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("apt: error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

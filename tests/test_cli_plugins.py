@@ -1,0 +1,75 @@
+"""Provider discovery through the CLI: listing, info, fallback when tva is absent, broken plugins."""
+
+import json
+import subprocess
+import sys
+
+from apt.testing import make_distribution
+from support import SMALL, assert_one_line_error, run
+
+FALLBACK = ("apt: warning: no attention provider named 'tva' is installed (pip install apt-plugin-tva); "
+            "falling back to attention provider 'sdpa'")
+
+
+def test_list_and_info_show_versions_defaults_and_config(tmp_path, env):
+    listed = run(["plugin", "list", "--json"], env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    records = {f"{r['kind']}.{r['name']}": r for r in json.loads(listed.stdout)}
+    tva = records["attention.tva"]
+    assert (tva["distribution"], tva["version"], tva["default"], tva["status"]) == ("apt-plugin-tva", "2.0.0", True, "ok")
+    assert {c["name"]: c["default"] for c in tva["config"]} == {"r": 4, "s": 1, "tau": 0.18, "kernel_dim": None}
+    assert records["attention.sdpa"]["distribution"] == "apt-core"
+
+    table = run(["plugin-list", "--kind", "ffn"], env=env, cwd=tmp_path)
+    assert table.stdout.splitlines()[0].split() == ["KIND", "NAME", "VERSION", "DISTRIBUTION", "DEFAULT", "STATUS", "CONFIG"]
+    assert table.stdout.splitlines()[1].split()[:6] == ["ffn", "dense", "2.0.0", "apt-core", "yes", "ok"]
+
+    info = run(["plugin-info", "attention", "tva"], env=env, cwd=tmp_path)
+    assert info.returncode == 0
+    assert "attention.tva  apt-plugin-tva 2.0.0  (default)" in info.stdout
+    assert "  tau: float = 0.18  relative off-plane error" in info.stdout
+    assert_one_line_error(run(["plugin", "info", "attention", "nope"], env=env, cwd=tmp_path),
+                          "no attention provider named 'nope' is installed (installed: sdpa, tva)")
+
+
+def test_listing_does_not_import_torch(tmp_path, env):
+    code = ("import sys; from apt.cli import main; main(['plugin', 'list']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout + out.stderr
+
+
+def test_broken_plugin_is_reported_and_falls_back(tmp_path, env):
+    site = make_distribution(tmp_path / "site", "apt-plugin-broken", "0.1.0",
+                             entry_points={"apt.providers": {"attention.broken": "broken_attn:Provider"}},
+                             modules={"broken_attn.py": "import does_not_exist_anywhere\n"})
+    env["PYTHONPATH"] = str(site)
+    listed = run(["plugin", "list"], env=env, cwd=tmp_path)
+    assert listed.returncode == 0
+    line = next(l for l in listed.stdout.splitlines() if l.startswith("attention  broken"))
+    assert "broken: attention.broken from apt-plugin-broken is broken: cannot import broken_attn:Provider: " \
+           "ModuleNotFoundError: No module named 'does_not_exist_anywhere'" in line
+    assert any(l.startswith("attention  tva") and " ok " in l for l in listed.stdout.splitlines())
+    info = run(["plugin", "info", "attention", "broken"], env=env, cwd=tmp_path)
+    assert info.returncode == 1 and "status: broken" in info.stdout
+
+    trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=2", "--set", "model.attention=broken"],
+                  env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    warnings = [l for l in trained.stderr.splitlines() if "warning" in l]
+    assert len(warnings) == 1 and "No module named 'does_not_exist_anywhere'" in warnings[0]
+    assert "falling back to attention provider 'sdpa'" in warnings[0]
+    strict = run(["train", "-p", "tiny_debug", "--set", "model.attention=broken", "--strict"], env=env, cwd=tmp_path)
+    assert_one_line_error(strict, "--strict forbids falling back")
+
+
+def test_without_tva_training_falls_back_with_one_warning(tmp_path, env, venv_without_tva):
+    listed = run(["plugin", "list"], env=env, cwd=tmp_path, python=venv_without_tva)
+    assert listed.returncode == 0 and "tva" not in listed.stdout and "sdpa" in listed.stdout
+    trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3"], env=env, cwd=tmp_path,
+                  python=venv_without_tva)
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stderr.splitlines() == [FALLBACK]
+    assert "attention sdpa" in trained.stdout
+    strict = run(["train", "-p", "tiny_debug", "--strict"], env=env, cwd=tmp_path, python=venv_without_tva)
+    assert_one_line_error(strict, "no attention provider named 'tva' is installed (pip install apt-plugin-tva)")
