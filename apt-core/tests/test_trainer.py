@@ -172,3 +172,16 @@ def _small(run_dir, iters):
     return ["model.n_layer=1", "model.d_model=32", "model.block_size=16", "model.attention=sdpa",
             f"train.max_iters={iters}", "train.batch_size=4", "train.eval_interval=4", "train.eval_iters=2",
             "train.warmup_iters=2", "checkpoint.every=4", f"checkpoint.dir={run_dir}"]
+
+
+def test_tensorboard_events_hold_the_step_losses(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    profile = load_profile("tiny_debug", _small(tmp_path / "r", 4) + ["logging.tensorboard=true"])
+    quiet(profile).run()
+    events = EventAccumulator(str(tmp_path / "r" / "tb"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("step/loss")]
+    assert [e.step for e in events.Scalars("step/loss")] == [1, 2, 3, 4]
+    assert losses == pytest.approx([r["loss"] for r in steps(tmp_path / "r")])
+    assert [e.step for e in events.Scalars("eval/val_loss")] == [4]

@@ -152,7 +152,7 @@ class Registry:
         if fallback is None or fallback == wanted:
             if kind in REQUIRED_KINDS:
                 raise ProviderError(reason)
-            message = f"{reason}; continuing without a {kind} provider"
+            message = f"{reason}; continuing without one ({kind} is optional)"
             self._warn_once(f"{kind}.{wanted}", message)
             return Resolution(kind, requested, None, None, None, message)
         message = f"{reason}; falling back to {kind} provider {fallback!r}"

@@ -287,6 +287,8 @@ class Trainer:
                 for name, extra in self.host.call_each("apt_extra_losses", trainer=self, batch=batch,
                                                        outputs=out).items():
                     value = _as_loss(extra)
+                    if value is None:
+                        continue
                     total = total + value
                     aux_sums[name] = aux_sums.get(name, 0.0) + value.detach()
             self.scaler.scale(total / t.grad_accum).backward()
@@ -433,11 +435,11 @@ class Trainer:
         return tqdm(total=self.profile.train.max_iters, initial=self.step, unit="step", dynamic_ncols=True)
 
 
-def _as_loss(extra: Any) -> torch.Tensor:
-    """A hook may return a tensor, a list of tensors or a dict of named tensors."""
+def _as_loss(extra: Any) -> torch.Tensor | None:
+    """A hook may return a tensor, a list of tensors or a dict of named tensors (empty: nothing to add)."""
     if isinstance(extra, torch.Tensor):
         return extra
     values = list(extra.values()) if isinstance(extra, dict) else list(extra)
     if not values:
-        return torch.zeros(())
+        return None
     return torch.stack([v.float() for v in values]).sum()

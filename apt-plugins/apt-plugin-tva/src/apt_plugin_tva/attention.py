@@ -7,9 +7,14 @@ the off-plane part ``v - U V v`` of a value, is compensated through ``s`` normal
 ``N: d_head -> s`` (lifted by ``M: s -> d_head``), but only for tokens whose *relative*
 off-plane error ``||v - U V v|| / ||v||`` exceeds ``tau``.
 
+The computation never forms full queries, keys or value outputs. Because every use of q and
+k goes through V, ``V W_q`` and ``V W_k`` are folded into one input projection (width
+``H (3r + s)`` instead of ``3 d_model``); ``N (I - U V) W_v`` gives the compensation input
+directly; ``W_o [U M]`` folds the lift into the output projection (input width ``H (r + s)``).
 Both paths share one attention matrix, so they run as a single fused
-``scaled_dot_product_attention`` call on values ``[V v, gate * N(v - U V v)]``; queries and
-keys are zero-padded to the kernel's head dim, which leaves every score unchanged.
+``scaled_dot_product_attention`` call; queries and keys are zero-padded to the kernel's head
+dim, which leaves every score unchanged. The gate is a hard threshold (no gradient), so the
+off-plane ratio is computed without autograd.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ from torch import nn
 from apt.providers import ModelDims
 
 
+def default_kernel_dim(r: int, s: int) -> int:
+    """r + s rounded up to a multiple of 16: CPU flash attention vectorises the head dim in 16-float
+    lanes, and measured smaller dims run slower there, not faster (GPU kernels need a multiple of 8)."""
+    return 16 * math.ceil((r + s) / 16)
+
+
 class TriVeinAttention(nn.Module):
     def __init__(self, dims: ModelDims, r: int, s: int, tau: float, kernel_dim: int | None = None) -> None:
         super().__init__()
         self.n_head = dims.n_head
         self.r, self.s, self.tau = r, s, tau
-        self.kernel_dim = kernel_dim or 8 * math.ceil((r + s) / 8)
+        self.kernel_dim = kernel_dim or default_kernel_dim(r, s)
         self.dropout = dims.dropout
         d_head = dims.d_head
         self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
@@ -57,25 +68,38 @@ class TriVeinAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        qr, kr, vr = (t @ self.vein.T for t in (q, k, v))
-        off_plane = v - vr @ self.lift.T
-        ratio = off_plane.norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)
-        gate = (ratio > self.tau).to(v.dtype).unsqueeze(-1)
-        vn = (off_plane @ self.normal.T) * gate
-        pad_qk = self.kernel_dim - self.r
-        pad_v = self.kernel_dim - self.r - self.s
+        H, r, s = self.n_head, self.r, self.s
+        w = self.qkv.weight.view(3, H, C // H, C)
+        b = self.qkv.bias.view(3, H, C // H) if self.qkv.bias is not None else None
+        off_plane = self.normal - (self.normal @ self.lift) @ self.vein
+        maps = (self.vein, self.vein, self.vein, off_plane)
+        weight = torch.cat([torch.einsum("kd,hdc->hkc", m, w[min(i, 2)]).reshape(-1, C) for i, m in enumerate(maps)])
+        bias = None if b is None else torch.cat([torch.einsum("kd,hd->hk", m, b[min(i, 2)]).reshape(-1)
+                                                 for i, m in enumerate(maps)])
+        qr, kr, vr, vn = F.linear(x, weight, bias).split((H * r, H * r, H * r, H * s), dim=-1)
+        qr, kr, vr = (t.view(B, T, H, r).transpose(1, 2) for t in (qr, kr, vr))
+        gate = (self._off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
+        vn = vn.view(B, T, H, s).transpose(1, 2) * gate
+        pad_qk = self.kernel_dim - r
         y = F.scaled_dot_product_attention(
-            F.pad(qr, (0, pad_qk)), F.pad(kr, (0, pad_qk)), F.pad(torch.cat((vr, vn), dim=-1), (0, pad_v)),
-            dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=1.0 / math.sqrt(self.r))
-        out = y[..., : self.r] @ self.lift.T + y[..., self.r : self.r + self.s] @ self.normal_lift.T
-        return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(B, T, C)))
+            F.pad(qr, (0, pad_qk)), F.pad(kr, (0, pad_qk)), F.pad(torch.cat((vr, vn), dim=-1), (0, pad_qk - s)),
+            dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=1.0 / math.sqrt(r))
+        lifts = torch.cat((self.lift, self.normal_lift), dim=1)
+        w_out = torch.einsum("chd,dk->chk", self.proj.weight.view(C, H, C // H), lifts).reshape(C, H * (r + s))
+        y = y[..., : r + s].transpose(1, 2).reshape(B, T, H * (r + s))
+        return self.resid_dropout(F.linear(y, w_out, self.proj.bias))
+
+    @torch.no_grad()
+    def _off_plane_ratio(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        v = F.linear(x, self.qkv.weight[2 * C:], None if self.qkv.bias is None else self.qkv.bias[2 * C:])
+        v = v.view(B, T, self.n_head, C // self.n_head)
+        residual = v - (v @ self.vein.T) @ self.lift.T
+        return (residual.norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).transpose(1, 2)
 
     def off_plane_ratio(self, x: torch.Tensor) -> torch.Tensor:
         """Relative off-plane error of every value vector (B, H, T): how much the vein misses."""
-        B, T, C = x.shape
-        v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)[:, :, 2].transpose(1, 2)
-        return (v - v @ self.vein.T @ self.lift.T).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)
+        return self._off_plane_ratio(x)
 
 
 def self_test(config: Any) -> str:

@@ -18,7 +18,7 @@ class TVAConfig:
     s: int = option(1, ge=1, doc="normal directions that compensate off-plane values")
     tau: float = option(0.18, gt=0, doc="relative off-plane error above which compensation switches on")
     kernel_dim: int | None = option(None, ge=1, doc="head dim handed to the fused kernel (zero-padded, exact); "
-                                                    "default: r + s rounded up to a multiple of 8")
+                                                    "default: r + s rounded up to a multiple of 16")
 
 
 class TVAProvider(AttentionProvider):

@@ -1,0 +1,54 @@
+"""Curriculum schedules switching training plugins on, through the CLI (moe_reasoning_small)."""
+
+import json
+import re
+
+import pytest
+
+from support import run
+
+pytest.importorskip("apt_plugin_moe")
+
+TINY = ["--set", "model.n_layer=2", "--set", "model.d_model=32", "--set", "model.block_size=16",
+        "--set", "train.batch_size=4", "--set", "train.epoch_iters=6", "--set", "train.eval_interval=6",
+        "--set", "train.eval_iters=2", "--set", "train.lr_decay_iters=24", "--set", "checkpoint.every=3",
+        "--set", "logging.progress=false", "--set", "train.warmup_iters=3"]
+
+
+def records(run_dir, event):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == event]
+
+
+def test_moe_switches_on_at_epoch_two_and_follows_its_schedule(tmp_path, env):
+    run_dir = tmp_path / "full"
+    out = run(["train", "-p", "moe_reasoning_small", *TINY, "--set", "train.max_iters=24", "--set", "model.align=null",
+               "--set", f"checkpoint.dir={run_dir}"], env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^epoch 1/4 \(steps 1-6\) \|.* moe: off \| .*moe_capacity=1.5 \| route_temp=1.5$", out.stdout, re.M)
+    assert re.search(r"^epoch 2/4 \(steps 7-12\) \|.* moe: on \| .*moe_capacity=1.367 \| route_temp=1.267$", out.stdout, re.M)
+    assert "moe: switched on at epoch 2; 4 experts upcycled from the dense FFN" in out.stdout
+    steps = records(run_dir, "step")
+    assert [s["moe.enabled"] for s in steps] == [False] * 6 + [True] * 18
+    assert all("aux.router.topk_moe" not in s for s in steps[:6])
+    by_epoch = {s["epoch"]: s for s in steps[6:]}
+    expected_capacity = {2: 1.5 - 0.4 / 3, 3: 1.5 - 0.8 / 3, 4: 1.1}
+    expected_temp = {2: 1.5 - 0.7 / 3, 3: 1.5 - 1.4 / 3, 4: 0.8}
+    for epoch in (2, 3, 4):
+        assert by_epoch[epoch]["moe.capacity"] == pytest.approx(expected_capacity[epoch])
+        assert by_epoch[epoch]["moe.route_temp"] == pytest.approx(expected_temp[epoch])
+    last = steps[-1]
+    assert len(last["moe.expert_frac"]) == 4 and sum(last["moe.expert_frac"]) == pytest.approx(1.0)
+    assert 0.0 <= last["moe.dropped_frac"] < 1.0 and last["aux.router.topk_moe"] > 0
+    epochs = records(run_dir, "epoch")
+    assert [e["enabled.moe"] for e in epochs] == [False, True, True, True]
+
+    part = tmp_path / "part"
+    first = run(["train", "-p", "moe_reasoning_small", *TINY, "--set", "train.max_iters=6", "--set", "model.align=null",
+                 "--set", f"checkpoint.dir={part}"], env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run(["train", "-p", "moe_reasoning_small", *TINY, "--set", "train.max_iters=24", "--set",
+                   "model.align=null", "--set", f"checkpoint.dir={part}", "--resume", "auto"], env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "upcycled" in resumed.stdout
+    assert [(s["step"], s["loss"], s.get("moe.expert_frac")) for s in records(part, "step")] == \
+           [(s["step"], s["loss"], s.get("moe.expert_frac")) for s in steps]
