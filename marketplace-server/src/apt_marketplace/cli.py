@@ -1,0 +1,260 @@
+"""`apt market ...`: the apt CLI hands `argv` to `main` through the `apt.commands` entry point.
+
+Failures print one line, `apt market: error: ...`, that says what to do next; exit 2 means the
+input was wrong, 1 means the server refused or could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .apx import ApxError, load_signing_key, pack, parse_public_key
+from .client import ClientConfig, MarketClient, MarketClientError, apt_home
+
+__all__ = ["main", "run"]
+
+PROG = "apt market"
+
+
+class _UsageError(Exception):
+    """Wrong input from the user: reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="marketplace URL (env APT_MARKET_URL, or url in $APT_HOME/market.toml)")
+    p.add_argument("--token", help="API key (env APT_MARKET_TOKEN, or token in $APT_HOME/market.toml)")
+
+
+def _db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="server data directory (holds market.db and blobs/)")
+    p.add_argument("--database-url", help="SQLAlchemy URL of the server database (default sqlite in --data-dir)")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Find, publish and serve APT plugins.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the marketplace server")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--database-url")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--max-upload-bytes", type=int, default=64 << 20)
+
+    keys = sub.add_parser("keys", help="manage API keys on the server (run where the database is)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = keys_sub.add_parser("create", help="create an API key scoped to packages; printed once")
+    p.add_argument("--package", action="append", required=True, help="package the key may publish (repeatable)")
+    p.add_argument("--label", default="")
+    _db_args(p)
+    p = keys_sub.add_parser("publisher", help="require archives of a package to be signed by an Ed25519 key")
+    p.add_argument("--package", required=True)
+    p.add_argument("--public-key", required=True, help="base64 raw Ed25519 public key, or 'none' to remove")
+    _db_args(p)
+
+    p = sub.add_parser("pack", help="build a .apx archive from a plugin project")
+    p.add_argument("project", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: PROJECT/dist)")
+    p.add_argument("--sign", type=Path, help="PEM Ed25519 private key to sign the manifest with")
+    p.add_argument("--no-build-isolation", action="store_true", help="build with the current environment's backend")
+
+    p = sub.add_parser("publish", help="upload a .apx archive")
+    p.add_argument("archive", type=Path)
+    _client_args(p)
+
+    p = sub.add_parser("search", help="search plugins")
+    p.add_argument("query", nargs="?", default="")
+    p.add_argument("--kind")
+    p.add_argument("--sort", choices=["relevance", "downloads", "rating", "name"], default="relevance")
+    p.add_argument("--json", action="store_true")
+    _client_args(p)
+
+    p = sub.add_parser("info", help="show a plugin and its releases")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    _client_args(p)
+
+    for name, helptext in (("yank", "mark a release as yanked"), ("unyank", "undo a yank")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("name")
+        p.add_argument("version")
+        if name == "yank":
+            p.add_argument("--reason", required=True)
+        _client_args(p)
+
+    p = sub.add_parser("resolve", help="resolve NAME[@RANGE] requirements to pinned versions")
+    p.add_argument("requirements", nargs="+", metavar="NAME[@RANGE]")
+    p.add_argument("--core", help="apt-core version to resolve for")
+    p.add_argument("--json", action="store_true")
+    _client_args(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .settings import Settings
+
+    if args.data_dir is None and args.database_url is None:
+        raise _UsageError("give --data-dir (or --database-url) of the server whose keys to manage")
+    data_dir = args.data_dir or apt_home() / "market-server"
+    return Settings(data_dir=data_dir, database_url=args.database_url)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from .blobs import BlobStore
+    from .db import Database
+    from .registry import Registry
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.db_url)
+    db.create_all()
+    return Registry(settings, db, BlobStore(settings.blob_dir))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .settings import Settings
+
+    if not 0 < args.port < 65536:
+        raise _UsageError(f"--port {args.port} is not a TCP port")
+    app = create_app(Settings(data_dir=args.data_dir, database_url=args.database_url, max_upload_bytes=args.max_upload_bytes))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        registry = _registry(args)
+    except (ArgumentError, SQLAlchemyError) as exc:
+        raise _UsageError(f"cannot open the server database: {str(exc).splitlines()[0]}; check --data-dir/--database-url") from None
+    try:
+        if args.keys_command == "create":
+            print(registry.create_api_key(args.package, args.label))
+            print("store this key now: only its hash is kept on the server", file=sys.stderr)
+        else:
+            key = None if args.public_key.lower() == "none" else args.public_key
+            if key is not None:
+                parse_public_key(key)
+            registry.set_publisher_key(args.package, key)
+            print(f"{args.package}: publisher key {'removed' if key is None else 'registered'}")
+    finally:
+        registry.db.dispose()
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    if not args.project.is_dir():
+        raise _UsageError(f"{args.project} is not a directory; pass the plugin project that holds pyproject.toml")
+    key = load_signing_key(args.sign) if args.sign else None
+    out = pack(args.project, args.out or args.project / "dist", build_isolation=not args.no_build_isolation, signing_key=key)
+    print(out)
+    return 0
+
+
+def _print_release_table(releases: list[dict[str, Any]]) -> None:
+    for r in releases:
+        flag = f"  yanked: {r['yank_reason'] or 'no reason given'}" if r["yanked"] else ""
+        requires = ", ".join(f"{k} {v}" for k, v in r["requires"].items()) or "-"
+        print(f"  {r['version']:<16} core {r['core']:<12} requires {requires}{flag}")
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    config = ClientConfig.load(args.url, args.token)
+    with MarketClient(config.url, config.token) as client:
+        if args.command == "publish":
+            if not args.archive.is_file():
+                raise _UsageError(f"{args.archive} does not exist; build one with 'apt market pack DIR'")
+            body, created = client.publish(args.archive)
+            state = "published" if created else "already published (identical archive)"
+            print(f"{body['name']} {body['version']} {state} sha256={body['sha256']}")
+        elif args.command == "search":
+            result = client.search(args.query, args.kind, args.sort)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            elif not result["results"]:
+                print("no plugins found")
+            for hit in [] if args.json else result["results"]:
+                rating = f"{hit['rating']:.1f}*" if hit["rating"] is not None else "-"
+                print(f"{hit['name']:<32} {hit['version']:<12} {hit['downloads']:>7} dl  {rating:>5}  {', '.join(hit['provides'])}  {hit['summary']}")
+        elif args.command == "info":
+            info = client.package(args.name)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                rating = f"{info['rating']:.1f} ({info['rating_count']})" if info["rating"] is not None else "unrated"
+                print(f"{info['name']} {info['latest']}: {info['summary']}")
+                print(f"downloads {info['downloads']}, rating {rating}")
+                _print_release_table(info["releases"])
+        elif args.command == "yank":
+            r = client.yank(args.name, args.version, args.reason)
+            print(f"{r['name']} {r['version']} yanked: {r['yank_reason']}")
+        elif args.command == "unyank":
+            r = client.unyank(args.name, args.version)
+            print(f"{r['name']} {r['version']} is no longer yanked")
+        elif args.command == "resolve":
+            requirements: dict[str, str] = {}
+            for item in args.requirements:
+                name, _, rng = item.partition("@")
+                if not name:
+                    raise _UsageError(f"{item!r} is not NAME[@RANGE]")
+                requirements[name] = rng or "*"
+            try:
+                resolution = client.resolve(requirements, args.core)
+            except ValueError as exc:
+                raise _UsageError(str(exc)) from None
+            pins = resolution.pins()
+            print(json.dumps(pins, indent=2) if args.json else "\n".join(f"{n} {v}" for n, v in pins.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .resolver import ResolutionError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "keys":
+            return _keys(args)
+        if args.command == "pack":
+            return _pack(args)
+        return _client_command(args)
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
+    except _UsageError as exc:
+        return _fail(str(exc), 2)
+    except ApxError as exc:
+        return _fail(str(exc).replace("\n", " | "), 2)
+    except ResolutionError as exc:
+        print(f"{PROG}: error: no set of plugin versions satisfies the request", file=sys.stderr)
+        print(exc.explanation, file=sys.stderr)
+        return 1
+    except MarketClientError as exc:
+        if exc.status == 0 and exc.code in ("no_token", "bad_config"):
+            return _fail(exc.detail, 2)
+        where = f" ({exc.status} {exc.code})" if exc.status else ""
+        return _fail(f"{exc.detail}{where}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 2)
+
