@@ -1,0 +1,69 @@
+"""Resource limits for one sandboxed call or worker."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-sandbox resource caps.
+
+    ``memory_mb`` is address space (RLIMIT_AS), so it must leave room for the
+    interpreter's mappings: torch alone maps several hundred MiB.  ``None``
+    leaves a limit unset.  ``output_kb`` caps each of stdout and stderr and
+    ``message_mb`` caps one result message (tensors included); both protect the
+    parent, not the child.
+    """
+
+    memory_mb: int | None = 2048
+    cpu_seconds: int | None = 30
+    wall_seconds: float = 60.0
+    open_files: int = 256
+    file_size_mb: int = 64
+    processes: int = 64
+    output_kb: int = 1024
+    message_mb: int = 512
+
+    def __post_init__(self) -> None:
+        checks = {
+            "memory_mb": (self.memory_mb, 64),
+            "cpu_seconds": (self.cpu_seconds, 1),
+            "open_files": (self.open_files, 16),
+            "file_size_mb": (self.file_size_mb, 1),
+            "processes": (self.processes, 1),
+            "output_kb": (self.output_kb, 1),
+            "message_mb": (self.message_mb, 1),
+        }
+        for name, (value, minimum) in checks.items():
+            if value is None and name in ("memory_mb", "cpu_seconds"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"Limits.{name} must be an integer >= {minimum}, got {value!r}")
+        if (
+            isinstance(self.wall_seconds, bool)
+            or not isinstance(self.wall_seconds, (int, float))
+            or not self.wall_seconds > 0
+        ):
+            raise ValueError(f"Limits.wall_seconds must be a positive number, got {self.wall_seconds!r}")
+
+    def rlimits(self, *, worker: bool) -> dict[str, int | None]:
+        """The kernel limits the launcher applies.
+
+        A long-lived worker gets no RLIMIT_CPU: it would count every call ever
+        made; the parent enforces ``cpu_seconds`` per call instead.
+        """
+        return {
+            "as": None if self.memory_mb is None else self.memory_mb * MIB,
+            "cpu": None if worker else self.cpu_seconds,
+            "nofile": self.open_files,
+            "fsize": self.file_size_mb * MIB,
+            "nproc": self.processes,
+            "core": 0,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
