@@ -8,6 +8,7 @@ import pytest
 from support import run
 
 pytest.importorskip("apt_plugin_moe")
+pytest.importorskip("apt_plugin_align")
 
 TINY = ["--set", "model.n_layer=2", "--set", "model.d_model=32", "--set", "model.block_size=16",
         "--set", "train.batch_size=4", "--set", "train.epoch_iters=6", "--set", "train.eval_interval=6",
@@ -52,3 +53,42 @@ def test_moe_switches_on_at_epoch_two_and_follows_its_schedule(tmp_path, env):
     assert "resumed from" in resumed.stdout and "upcycled" in resumed.stdout
     assert [(s["step"], s["loss"], s.get("moe.expert_frac")) for s in records(part, "step")] == \
            [(s["step"], s["loss"], s.get("moe.expert_frac")) for s in steps]
+
+
+def test_align_joins_at_epoch_three_and_sigkill_resume_replays_everything(tmp_path, env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "-p", "moe_reasoning_small", *TINY, "--set", "train.max_iters=24", "--set", "checkpoint.every=1",
+            "--set", "schedules.align_weight.warmup=12", "--set", "schedules.align_weight.span=12"]
+    full = tmp_path / "full"
+    out = run([*args, "--set", f"checkpoint.dir={full}"], env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    steps = records(full, "step")
+    # align switches on with epoch 3 (step 13), where its weight ramp is still at 0: no work until step 14
+    assert [("align.loss" in s) for s in steps] == [False] * 13 + [True] * 11
+    weights = [s["align.weight"] for s in steps[13:]]
+    assert weights == pytest.approx([0.3 * i / 12 for i in range(1, 12)])
+    assert all(s["align.loss"] == pytest.approx(s["align.weight"] * (0.35 * s["align.anchor"] + 0.2 * 0.15 ** 2 * s["align.kl"]), rel=1e-4)
+               for s in steps[13:])
+    assert [s["moe.enabled"] for s in steps] == [False] * 6 + [True] * 18
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "apt", *args, "--set", f"checkpoint.dir={killed}"], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"event": "step"') >= 14:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run([*args, "--set", f"checkpoint.dir={killed}", "--resume", "auto"], env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    step = int(re.search(r"at step (\d+)", resumed.stdout).group(1))
+    assert 13 <= step < 24, "killed mid-way through epoch 3 or later"
+    keys = ("step", "loss", "moe.expert_frac", "align.loss", "align.weight")
+    assert [tuple(s.get(k) for k in keys) for s in records(killed, "step")] == [tuple(s.get(k) for k in keys) for s in steps]

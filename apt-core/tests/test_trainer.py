@@ -185,3 +185,43 @@ def test_tensorboard_events_hold_the_step_losses(tmp_path):
     assert [e.step for e in events.Scalars("step/loss")] == [1, 2, 3, 4]
     assert losses == pytest.approx([r["loss"] for r in steps(tmp_path / "r")])
     assert [e.step for e in events.Scalars("eval/val_loss")] == [4]
+
+
+SWITCHED = '''
+from dataclasses import dataclass
+from apt.builtin.layers import DenseFFN
+from apt.hookspecs import hookimpl
+from apt.providers import FFNProvider
+
+class Gated(FFNProvider):
+    """Dense FFN whose output is zero while its curriculum switch is off."""
+    name = "gated"
+    switch = "gate"
+
+    def build(self, dims, layer):
+        import torch
+
+        class Module(DenseFFN):
+            enabled = True
+            def forward(self, x):
+                return super().forward(x) if self.enabled else torch.zeros_like(x)
+        return Module(dims, 4 * dims.d_model)
+
+    @hookimpl
+    def apt_step_end(self, trainer, metrics):
+        module = trainer.model.blocks[0].mlp
+        metrics["gate_on"] = module.enabled
+'''
+
+
+def test_switch_state_is_right_after_a_mid_epoch_resume(tmp_path, on_path):
+    on_path(make_distribution(tmp_path / "site", "fakeprov-gated", entry_points={
+        "apt.providers": {"ffn.gated": "fakeprov_gated:Gated"}}, modules={"fakeprov_gated.py": SWITCHED}))
+    sets = ["model.ffn=gated", "train.epoch_iters=4", "schedules.enable_gate_at_epoch=2", "train.lr_decay_iters=12",
+            "checkpoint.every=1"]
+    quiet(load_profile("tiny_debug", _small(tmp_path / "full", 12) + sets)).run()
+    quiet(load_profile("tiny_debug", _small(tmp_path / "part", 6) + sets)).run()
+    quiet(load_profile("tiny_debug", _small(tmp_path / "part", 12) + sets), resume="auto").run()
+    full, part = steps(tmp_path / "full"), steps(tmp_path / "part")
+    assert [r["gate_on"] for r in full] == [False] * 4 + [True] * 8
+    assert [(r["step"], r["loss"], r["gate_on"]) for r in part] == [(r["step"], r["loss"], r["gate_on"]) for r in full]

@@ -211,6 +211,7 @@ class Trainer:
         bar = self._progress()
         self.host.call("apt_train_start", trainer=self)
         try:
+            self.schedule.step = self.step
             self._apply_switches()
             while self.step < t.max_iters and not self.stop_reason:
                 if self.step % self.steps_per_epoch == 0:

@@ -71,7 +71,7 @@ class MoELayer(nn.Module):
         kept_counts = counts.clamp(max=capacity)
 
         tokens = token_of[kept]
-        inputs = flat[tokens]
+        inputs = flat.index_select(0, tokens)
         outputs = [self.experts[e](chunk.unsqueeze(0)).squeeze(0)
                    for e, chunk in enumerate(inputs.split(kept_counts.tolist())) if chunk.shape[0]]
         weighted = torch.cat(outputs) * gate_of[kept].unsqueeze(-1).to(flat.dtype)

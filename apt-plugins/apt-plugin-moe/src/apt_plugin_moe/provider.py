@@ -42,6 +42,7 @@ class TopKMoEProvider(RouterProvider):
         super().__init__(config)
         self.layers: list[Any] = []
         self.upcycled = False
+        self._stats: list[Any] = []
 
     def build(self, dims: ModelDims, layer: int, make_ffn: Callable[[], nn.Module]) -> nn.Module:
         from apt_plugin_moe.layer import MoELayer
@@ -68,8 +69,11 @@ class TopKMoEProvider(RouterProvider):
         for layer in self.layers:
             layer.capacity_factor, layer.route_temp = capacity, temp
 
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def apt_extra_losses(self) -> dict[str, Any]:
+        """Runs first so a later hook's extra forward pass (bistate's second view) cannot replace
+        the routing of the main pass before it is read."""
+        self._stats = [layer.stats for layer in self.layers if layer.enabled and layer.stats is not None]
         routed = [layer.aux for layer in self.layers if layer.enabled and layer.aux is not None]
         if not routed:
             return {}
@@ -79,7 +83,7 @@ class TopKMoEProvider(RouterProvider):
 
     @hookimpl
     def apt_step_end(self, metrics: dict[str, Any]) -> None:
-        stats = [layer.stats for layer in self.layers if layer.enabled and layer.stats is not None]
+        stats, self._stats = self._stats, []
         metrics["moe.enabled"] = bool(stats)
         if not stats:
             return
