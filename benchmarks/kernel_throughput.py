@@ -78,24 +78,32 @@ def adamw(model: nn.Module) -> torch.optim.Optimizer:
                              lr=1e-3, betas=(0.9, 0.99))
 
 
-def reference_runner(tokens: np.ndarray, vocab: int, block: int, batch: int, steps: int):
-    torch.manual_seed(0)
-    model = RefGPT(vocab, block, **SHAPE)
+def training_step(model: nn.Module, loss_of, tokens: np.ndarray, block: int, batch: int):
+    """One sampled batch, forward, backward, clip and AdamW step: the same loop for every peer."""
     opt = adamw(model)
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
         offsets = torch.randint(0, len(tokens) - block - 1, (batch,), generator=gen).numpy()
         chunk = torch.from_numpy(np.asarray(tokens[offsets[:, None] + np.arange(block + 1)], dtype=np.int64))
-        x, y = chunk[:, :-1], chunk[:, 1:]
-        loss = F.cross_entropy(model(x).view(-1, vocab), y.reshape(-1))
+        loss = loss_of(chunk)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
 
-    return _rate(step, batch * block, steps)
+    return step
+
+
+def reference_runner(tokens: np.ndarray, vocab: int, block: int, batch: int, steps: int):
+    torch.manual_seed(0)
+    model = RefGPT(vocab, block, **SHAPE)
+
+    def loss_of(chunk: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(chunk[:, :-1]).view(-1, vocab), chunk[:, 1:].reshape(-1))
+
+    return _rate(training_step(model, loss_of, tokens, block, batch), batch * block, steps)
 
 
 def hf_runner(tokens: np.ndarray, vocab: int, block: int, batch: int, steps: int):
@@ -107,20 +115,11 @@ def hf_runner(tokens: np.ndarray, vocab: int, block: int, batch: int, steps: int
                         attn_implementation="sdpa")
     model = GPT2LMHeadModel(config)
     model.train()
-    opt = adamw(model)
-    gen = torch.Generator().manual_seed(0)
 
-    def step() -> None:
-        offsets = torch.randint(0, len(tokens) - block - 1, (batch,), generator=gen).numpy()
-        x = torch.from_numpy(np.asarray(tokens[offsets[:, None] + np.arange(block)], dtype=np.int64))
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
+    def loss_of(chunk: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=chunk[:, :-1], labels=chunk[:, :-1]).loss
 
-    return _rate(step, batch * block, steps)
+    return _rate(training_step(model, loss_of, tokens, block, batch), batch * block, steps)
 
 
 def apt_runner(attention: str, block: int, batch: int, steps: int, extra: list[str] = ()):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -25,3 +27,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: st
     lines = [line for line in result.stderr.splitlines() if line.startswith("apt: error:")]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def kill_after_steps(proc: subprocess.Popen[bytes], run_dir: Path, steps: int, timeout: float = 240) -> int:
+    """SIGKILL a training process once its metrics show ``steps`` steps; returns the steps logged."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"event": "step"') >= steps:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return metrics.read_text().count('"event": "step"') if metrics.exists() else 0

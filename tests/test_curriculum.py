@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from support import run
+from support import kill_after_steps, run
 
 pytest.importorskip("apt_plugin_moe")
 pytest.importorskip("apt_plugin_align")
@@ -56,10 +56,8 @@ def test_moe_switches_on_at_epoch_two_and_follows_its_schedule(tmp_path, env):
 
 
 def test_align_joins_at_epoch_three_and_sigkill_resume_replays_everything(tmp_path, env):
-    import signal
     import subprocess
     import sys
-    import time
 
     args = ["train", "-p", "moe_reasoning_small", *TINY, "--set", "train.max_iters=24", "--set", "checkpoint.every=1",
             "--set", "schedules.align_weight.warmup=12", "--set", "schedules.align_weight.span=12"]
@@ -78,14 +76,7 @@ def test_align_joins_at_epoch_three_and_sigkill_resume_replays_everything(tmp_pa
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "apt", *args, "--set", f"checkpoint.dir={killed}"], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count('"event": "step"') >= 14:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_steps(proc, killed, 14)
     resumed = run([*args, "--set", f"checkpoint.dir={killed}", "--resume", "auto"], env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     step = int(re.search(r"at step (\d+)", resumed.stdout).group(1))

@@ -1,11 +1,9 @@
 """Kill training with SIGKILL at an arbitrary moment; --resume auto must replay the same curve."""
 
 import json
-import signal
 import subprocess
-import time
 
-from support import BIN, SMALL, run
+from support import BIN, SMALL, kill_after_steps, run
 
 ARGS = ["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=160", "--set", "train.eval_interval=40",
         "--set", "checkpoint.every=7", "--set", "train.threads=1"]
@@ -27,15 +25,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, env):
 
     proc = subprocess.Popen([str(BIN / "apt"), *ARGS, "--set", f"checkpoint.dir={killed_dir}"], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = killed_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count('"event": "step"') >= 75:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = metrics.read_text().count('"event": "step"')
+    done = kill_after_steps(proc, killed_dir, 75)
     assert 75 <= done < 160, "the run must be killed mid-way"
 
     resumed = run([*ARGS, "--set", f"checkpoint.dir={killed_dir}", "--resume", "auto"], env=env, cwd=tmp_path)

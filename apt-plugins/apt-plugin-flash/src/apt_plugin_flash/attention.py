@@ -14,45 +14,25 @@ The parameter names and shapes (``qkv``, ``proj``) are those of
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from apt.providers import ModelDims
+from apt.builtin.layers import CausalSelfAttention
 from apt_plugin_flash.kernels import flash_blocker, load_flash_attn, warn_once
 
 
-class FlashAttention(nn.Module):
-    def __init__(self, dims: ModelDims) -> None:
-        super().__init__()
-        self.n_head = dims.n_head
-        self.dropout = dims.dropout
-        self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
-        self.proj = nn.Linear(dims.d_model, dims.d_model, bias=dims.bias)
-        self.proj.apt_residual = True
-        self.resid_dropout = nn.Dropout(dims.dropout)
-
+class FlashAttention(CausalSelfAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
-        dropout = self.dropout if self.training else 0.0
-        blocker = flash_blocker(qkv)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        blocker = flash_blocker(x.device, dtype, C // self.n_head)
         if blocker is not None:
             warn_once(blocker)
-            y = _sdpa(qkv, dropout)
-        else:
-            kernel = load_flash_attn()
-            if kernel is not None:
-                q, k, v = qkv.unbind(2)
-                y = kernel(q, k, v, dropout_p=dropout, causal=True).reshape(B, T, C)
-            else:
-                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                    y = _sdpa(qkv, dropout)
+            return super().forward(x)
+        kernel = load_flash_attn()
+        if kernel is None:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return super().forward(x)
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
+        y = kernel(q, k, v, dropout_p=self.dropout if self.training else 0.0, causal=True).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
-
-
-def _sdpa(qkv: torch.Tensor, dropout: float) -> torch.Tensor:
-    B, T, _, H, D = qkv.shape
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
-    y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-    return y.transpose(1, 2).reshape(B, T, H * D)

@@ -32,22 +32,21 @@ def load_flash_attn() -> Callable[..., Any] | None:
     return flash_attn_func
 
 
-def flash_blocker(qkv: torch.Tensor) -> str | None:
-    """Why no flash kernel can take this (B, T, 3, H, D) input, or None when one can.
+def flash_blocker(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why no flash kernel can take attention inputs of this device, dtype and head dim, or None.
 
     The reason doubles as the warning text: it names what is missing and how to get it.
     """
-    if qkv.device.type != "cuda":
-        return (f"attention.flash_v2: flash kernels need a CUDA GPU; running the sdpa path on {qkv.device.type} "
+    if device.type != "cuda":
+        return (f"attention.flash_v2: flash kernels need a CUDA GPU; running the sdpa path on {device.type} "
                 f"(same numerics). On a CUDA machine `{INSTALL_HINT}` adds the flash-attn kernels.")
-    if qkv.dtype not in (torch.float16, torch.bfloat16):
-        return (f"attention.flash_v2: flash kernels take fp16/bf16 inputs, got {qkv.dtype}; running plain sdpa. "
+    if dtype not in (torch.float16, torch.bfloat16):
+        return (f"attention.flash_v2: flash kernels take fp16/bf16 inputs, got {dtype}; running plain sdpa. "
                 f"Set train.precision=bf16 (or fp16) to use them.")
-    head_dim = qkv.shape[-1]
     if head_dim % 8 or head_dim > MAX_HEAD_DIM:
         return (f"attention.flash_v2: flash kernels need a head dim that is a multiple of 8 up to {MAX_HEAD_DIM}, "
                 f"got d_model/n_head = {head_dim}; running plain sdpa. Change model.n_head or model.d_model.")
-    major, minor = _capability(qkv.device.index if qkv.device.index is not None else torch.cuda.current_device())
+    major, minor = _capability(device.index if device.index is not None else torch.cuda.current_device())
     if major < 8:
         return (f"attention.flash_v2: flash kernels need a GPU of compute capability 8.0 or newer (Ampere+), "
                 f"this one is sm_{major}{minor}; running plain sdpa.")
