@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash"]
+
 
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
@@ -21,13 +23,13 @@ def env(tmp_path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def venv_without_tva(tmp_path_factory) -> str:
-    """A copy of the test environment (hard links, about a second) with apt-plugin-tva uninstalled."""
+def venv_without_plugins(tmp_path_factory) -> str:
+    """A copy of the test environment (hard links, about a second) with the training plugins uninstalled."""
     prefix = Path(sys.prefix)
     if prefix == Path(sys.base_prefix):
         pytest.skip("needs to run inside a virtual environment")
     clone = tmp_path_factory.mktemp("venv") / "env"
     shutil.copytree(prefix, clone, symlinks=True, copy_function=os.link)
-    subprocess.run([str(clone / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", "apt-plugin-tva"],
+    subprocess.run([str(clone / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", *PLUGINS],
                    check=True, capture_output=True)
     return str(clone / "bin" / "python")

@@ -63,13 +63,27 @@ def test_broken_plugin_is_reported_and_falls_back(tmp_path, env):
     assert_one_line_error(strict, "--strict forbids falling back")
 
 
-def test_without_tva_training_falls_back_with_one_warning(tmp_path, env, venv_without_tva):
-    listed = run(["plugin", "list"], env=env, cwd=tmp_path, python=venv_without_tva)
-    assert listed.returncode == 0 and "tva" not in listed.stdout and "sdpa" in listed.stdout
+def test_without_plugins_training_falls_back_with_one_warning_each(tmp_path, env, venv_without_plugins):
+    listed = run(["plugin", "list"], env=env, cwd=tmp_path, python=venv_without_plugins)
+    assert listed.returncode == 0
+    assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [["attention", "sdpa"], ["ffn", "dense"]]
     trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3"], env=env, cwd=tmp_path,
-                  python=venv_without_tva)
+                  python=venv_without_plugins)
     assert trained.returncode == 0, trained.stderr
     assert trained.stderr.splitlines() == [FALLBACK]
     assert "attention sdpa" in trained.stdout
-    strict = run(["train", "-p", "tiny_debug", "--strict"], env=env, cwd=tmp_path, python=venv_without_tva)
+    strict = run(["train", "-p", "tiny_debug", "--strict"], env=env, cwd=tmp_path, python=venv_without_plugins)
     assert_one_line_error(strict, "no attention provider named 'tva' is installed (pip install apt-plugin-tva)")
+
+    moe = run(["train", "-p", "moe_reasoning_small", *SMALL, "--set", "train.max_iters=2", "--set", "train.epoch_iters=1"],
+              env=env, cwd=tmp_path, python=venv_without_plugins)
+    assert moe.returncode == 0, moe.stderr
+    assert moe.stderr.splitlines() == [
+        FALLBACK,
+        "apt: warning: no router provider named 'topk_moe' is installed (pip install apt-plugin-moe); "
+        "continuing without one (router is optional)",
+        "apt: warning: no align provider named 'bistate' is installed (pip install apt-plugin-align); "
+        "continuing without one (align is optional)"]
+    strict = run(["train", "-p", "moe_reasoning_small", "--set", "model.attention=sdpa", "--strict"], env=env,
+                 cwd=tmp_path, python=venv_without_plugins)
+    assert_one_line_error(strict, "no router provider named 'topk_moe' is installed (pip install apt-plugin-moe)")

@@ -83,3 +83,13 @@ def test_align_joins_at_epoch_three_and_sigkill_resume_replays_everything(tmp_pa
     assert 13 <= step < 24, "killed mid-way through epoch 3 or later"
     keys = ("step", "loss", "moe.expert_frac", "align.loss", "align.weight")
     assert [tuple(s.get(k) for k in keys) for s in records(killed, "step")] == [tuple(s.get(k) for k in keys) for s in steps]
+
+
+def test_full_size_profile_validates_with_a_dry_run(tmp_path, env):
+    out = run(["train", "-p", "gpt5_moe_reasoning", "--dry-run"], env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^profile gpt5_moe_reasoning: 7,\d{3},\d{3},\d{3} parameters \| attention tva 2\.0\.0, ffn dense "
+                     r"2\.0\.0, router topk_moe 1\.0\.0, align bistate", out.stdout, re.M), out.stdout
+    assert "plan: 200000 steps, 20000 per epoch, 10 epochs" in out.stdout
+    assert re.search(r"^  epoch 3: steps 40001-60000  enabled.align=on enabled.moe=on", out.stdout, re.M)
+    assert not (tmp_path / "runs").exists()
