@@ -28,8 +28,9 @@ def test_list_and_info_show_versions_defaults_and_config(tmp_path, env):
     assert info.returncode == 0
     assert "attention.tva  apt-plugin-tva 2.0.0  (default)" in info.stdout
     assert "  tau: float = 0.18  relative off-plane error" in info.stdout
-    assert_one_line_error(run(["plugin", "info", "attention", "nope"], env=env, cwd=tmp_path),
-                          "no attention provider named 'nope' is installed (installed: sdpa, tva)")
+    missing = run(["plugin", "info", "attention", "nope"], env=env, cwd=tmp_path)
+    assert_one_line_error(missing, "no attention provider named 'nope' is installed (installed: ")
+    assert "sdpa, tva); see apt plugin list" in missing.stderr
 
 
 def test_listing_does_not_import_torch(tmp_path, env):

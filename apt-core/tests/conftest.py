@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from apt.profile import Profile, load_profile
+from apt.registry import default_registry
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +30,9 @@ def on_path(monkeypatch):
     """Put a directory on sys.path for the test (for distributions made with apt.testing)."""
     def add(path: Path) -> Path:
         monkeypatch.syspath_prepend(str(path))
+        default_registry.cache_clear()
         return path
     yield add
+    default_registry.cache_clear()
     for name in [m for m in sys.modules if m.startswith("fakeprov")]:
         del sys.modules[name]

@@ -105,7 +105,7 @@ def test_broken_request_falls_back_with_reason(registry, caplog):
 def test_optional_kind_left_out_and_aliases(registry, caplog):
     caplog.set_level(logging.WARNING, logger="apt")
     assert registry.resolve("router", None).provider is None
-    res = registry.resolve("router", "topk_moe")
+    res = Registry(_core_eps()).resolve("router", "topk_moe")
     assert res.provider is None and "pip install apt-plugin-moe" in res.warning
     assert registry.resolve("attention", "tva_default").name == "tva"
 
