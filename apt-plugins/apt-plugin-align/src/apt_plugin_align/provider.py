@@ -106,10 +106,7 @@ class BistateProvider(AlignProvider):
         return module.evidence_view(outputs.hidden, evidence, trainer.model.lm_head)
 
     @hookimpl
-    def apt_step_start(self, trainer: Any) -> None:
-        """Re-read the switch every step: a run resumed in the middle of an epoch applies the curriculum
-        only at the next epoch boundary, and the align state must not stay off until then."""
-        trainer.model.extras["align"].enabled = trainer.schedule.enabled(self.switch)
+    def apt_step_start(self) -> None:
         self._terms.clear()
         self._weight = None
 
