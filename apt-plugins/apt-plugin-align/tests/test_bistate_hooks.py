@@ -32,7 +32,8 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def step(provider, t, b, outputs) -> tuple[torch.Tensor | None, dict]:
-    provider.apt_step_start(trainer=t)
+    t.model.extras["align"].enabled = t.schedule.enabled("align")  # what the trainer's curriculum does
+    provider.apt_step_start()
     loss = provider.apt_extra_losses(trainer=t, batch=b, outputs=outputs)
     metrics: dict = {}
     provider.apt_step_end(metrics=metrics)
