@@ -68,7 +68,7 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("market-data")
-    settings = Settings(data_dir=data_dir, database_url=database_url, max_upload_bytes=4 << 20)
+    settings = Settings(data_dir=data_dir, database_url=database_url, max_upload_bytes=4 << 20, metadata_min_wheel_bytes=0)
     app = create_app(settings)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

@@ -151,3 +151,22 @@ def test_project_list_and_redirects(server, published) -> None:
         refused = c.get(f"/simple/{name}/", headers={"Accept": "application/xml"})
         assert refused.status_code == 406 and refused.json()["error"] == "not_acceptable"
         assert c.get(f"/files/{'0' * 64}/x.whl").status_code == 404
+
+
+def test_metadata_is_announced_only_for_wheels_worth_it(tmp_path: Path, make_apx) -> None:
+    """Small wheels: pip downloads them whole instead of fetching METADATA first (one request
+    fewer per package); the .metadata file is still served to whoever asks."""
+    from apt_marketplace.app import create_app
+    from apt_marketplace.settings import Settings
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    token = app.state.registry.create_api_key(["apt-plugin-small"])
+    with TestClient(app) as c:
+        body = make_apx("apt-plugin-small").read_bytes()
+        assert c.post("/api/v1/publish", content=body, headers={"Authorization": f"Bearer {token}"}).status_code == 201
+        [entry] = c.get("/simple/apt-plugin-small/", headers={"Accept": PIP_ACCEPT}).json()["files"]
+        assert "core-metadata" not in entry and "dist-info-metadata" not in entry
+        assert "data-core-metadata" not in c.get("/simple/apt-plugin-small/").text
+        meta = c.get(entry["url"] + ".metadata")
+        assert meta.status_code == 200 and b"Name: apt-plugin-small" in meta.content

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from .apx import ApxError, load_signing_key, pack, parse_public_key
 from .client import ClientConfig, MarketClient, MarketClientError, apt_home
 
-__all__ = ["main", "run"]
+__all__ = ["main"]
 
 PROG = "apt market"
 
@@ -95,6 +95,26 @@ def _parser() -> _Parser:
         if name == "yank":
             p.add_argument("--reason", required=True)
         _client_args(p)
+
+    p = sub.add_parser("install", help="resolve, download, validate in the sandbox and pip-install a plugin")
+    p.add_argument("requirement", metavar="NAME[@RANGE]")
+    _client_args(p)
+
+    p = sub.add_parser("upgrade", help="move an installed plugin to the newest allowed version")
+    p.add_argument("requirement", metavar="NAME[@RANGE]")
+    _client_args(p)
+
+    p = sub.add_parser("rollback", help="restore an earlier version and its dependencies from the cache")
+    p.add_argument("name")
+    p.add_argument("--to", metavar="VERSION", help="the version to restore (default: the one before the current)")
+    _client_args(p)
+
+    p = sub.add_parser("list", help="plugins installed here with 'apt market install'")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("history", help="every install, upgrade and rollback in this environment")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("resolve", help="resolve NAME[@RANGE] requirements to pinned versions")
     p.add_argument("requirements", nargs="+", metavar="NAME[@RANGE]")
@@ -176,6 +196,59 @@ def _print_release_table(releases: list[dict[str, Any]]) -> None:
         print(f"  {r['version']:<16} core {r['core']:<12} requires {requires}{flag}")
 
 
+def _split_requirement(text: str) -> tuple[str, str | None]:
+    name, sep, rng = text.partition("@")
+    if not name or (sep and not rng):
+        raise _UsageError(f"{text!r} is not NAME[@RANGE], e.g. apt-plugin-moe@^1.0")
+    return name, rng or None
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _local_command(args: argparse.Namespace) -> int:
+    """install/upgrade/rollback/list/history act on the environment this interpreter runs in."""
+    from .install import LocalMarket
+
+    def client() -> MarketClient:
+        config = ClientConfig.load(args.url, args.token)
+        return MarketClient(config.url, config.token)
+
+    market = LocalMarket(apt_home(), client if hasattr(args, "url") else None, say=_say)
+    try:
+        if args.command in ("install", "upgrade"):
+            name, rng = _split_requirement(args.requirement)
+            (market.install if args.command == "install" else market.upgrade)(name, rng)
+        elif args.command == "rollback":
+            market.rollback(args.name, args.to)
+        elif args.command == "list":
+            rows = market.listing()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            elif not rows:
+                print("no plugins installed with 'apt market install' in this environment")
+            for r in [] if args.json else rows:
+                kind = "requested" + (f" {r['requested']}" if r["requested"] not in ("", "*") else "") if r["direct"] else "dependency"
+                print(f"{r['name']:<32} {r['version']:<12} {kind:<20} {', '.join(r['provides']) or '-':<28} {r['status']}")
+            for t in market.pending():
+                print(f"{PROG}: warning: transaction {t.id} ({t.action} {t.package} at {t.at:%Y-%m-%d %H:%M:%S}) "
+                      "was interrupted; the environment may differ from this list", file=sys.stderr)
+        else:
+            rows = market.history(args.name)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            elif not rows:
+                print("no history")
+            for h in [] if args.json else rows:
+                moved = f"{h['from'] or '(none)'} -> {h['to'] or '(none)'}"
+                print(f"#{h['id']:<4} {h['at']}  {h['user']:<12} {h['action']:<8} {h['package']} {moved}  [{h['status']}]"
+                      f"  set: {', '.join(f'{n} {v}' for n, v in h['resolved'].items())}")
+    finally:
+        market.close()
+    return 0
+
+
 def _client_command(args: argparse.Namespace) -> int:
     config = ClientConfig.load(args.url, args.token)
     with MarketClient(config.url, config.token) as client:
@@ -226,6 +299,7 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .install import InstallError, UsageError
     from .resolver import ResolutionError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -237,11 +311,17 @@ def main(argv: list[str] | None = None) -> int:
             return _keys(args)
         if args.command == "pack":
             return _pack(args)
+        if args.command in ("install", "upgrade", "rollback", "list", "history"):
+            return _local_command(args)
         return _client_command(args)
     except SystemExit as exc:
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
     except _UsageError as exc:
         return _fail(str(exc), 2)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except InstallError as exc:
+        return _fail(str(exc), 1)
     except ApxError as exc:
         return _fail(str(exc).replace("\n", " | "), 2)
     except ResolutionError as exc:

@@ -171,16 +171,23 @@ class MarketClient:
         """Resolve locally with the same resolver the server runs, fetching metadata on demand."""
         return resolve(requirements, HttpCatalogue(self), core)
 
-    def download(self, name: str, version: str, dest_dir: Path) -> Path:
-        """Fetch an archive and refuse it unless its sha256 matches the release record."""
-        info = self.release(name, version)
+    def fetch(self, info: dict[str, Any]) -> bytes:
+        """The archive of a release record, refused unless its sha256 matches the record."""
         response = self._request("GET", info["download_url"])
         digest = hashlib.sha256(response.content).hexdigest()
         if digest != info["sha256"]:
-            raise MarketClientError(0, "hash_mismatch", f"{name} {version}: downloaded sha256 {digest} != {info['sha256']}")
+            raise MarketClientError(
+                0, "hash_mismatch", f"{info['name']} {info['version']}: downloaded sha256 {digest} != {info['sha256']}"
+            )
+        return response.content
+
+    def download(self, name: str, version: str, dest_dir: Path) -> Path:
+        """Fetch an archive and refuse it unless its sha256 matches the release record."""
+        info = self.release(name, version)
+        data = self.fetch(info)
         target = Path(dest_dir) / f"{info['name']}-{info['version']}.apx"
         with atomic_writer(target) as fh:
-            fh.write(response.content)
+            fh.write(data)
         return target
 
 

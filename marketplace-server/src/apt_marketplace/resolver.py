@@ -74,8 +74,13 @@ class ResolutionError(Exception):
 
 @dataclass(frozen=True)
 class Resolution:
+    """`rounds` and `rejected` say how hard resolvelib worked (candidates it pinned and then
+    had to give up while backtracking), which is what a slow resolution needs explained by."""
+
     packages: Mapping[str, ReleaseInfo]
     order: Sequence[str]
+    rounds: int = 0
+    rejected: int = 0
 
     def pins(self) -> dict[str, str]:
         return {name: str(self.packages[name].version) for name in self.order}
@@ -118,11 +123,14 @@ class _Provider(AbstractProvider):
         for req in reqs:
             if all(req is not k for k in known):
                 known.append(req)
-        bad = {c.version for c in incompatibilities[identifier]}
+        # resolvelib hands back every incompatibility ever recorded, duplicates included (tens of
+        # thousands after some backjumping): a set of the candidate objects themselves (identity
+        # hashing, in C) keeps this linear and cheap where hashing each Version dominated.
+        bad = set(incompatibilities[identifier])
         pinned = {r.range.exact for r in reqs if r.range.exact is not None}
         out = []
         for release in self.all_releases(identifier):
-            if release.version in bad or not self.core_ok(release):
+            if release in bad or not self.core_ok(release):
                 continue
             if release.yanked and release.version not in pinned:
                 continue
@@ -145,6 +153,14 @@ class _ConflictLog(BaseReporter):
 
     def __init__(self) -> None:
         self.causes: list[RequirementInformation] = []
+        self.rounds = 0
+        self.rejected = 0
+
+    def starting_round(self, index: int) -> None:
+        self.rounds = index + 1
+
+    def rejecting_candidate(self, criterion: object, candidate: object) -> None:
+        self.rejected += 1
 
     def resolving_conflicts(self, causes: Sequence[RequirementInformation]) -> None:
         self.causes.extend(causes)
@@ -197,7 +213,7 @@ def resolve(
 
     for name in sorted(mapping):
         visit(name)
-    return Resolution(packages=mapping, order=order)
+    return Resolution(packages=mapping, order=order, rounds=reporter.rounds, rejected=reporter.rejected)
 
 
 def _chain(req: Requirement, provider: _Provider) -> list[str]:

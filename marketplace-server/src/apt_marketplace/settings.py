@@ -17,6 +17,11 @@ class Settings:
     database_url: str | None = None
     max_upload_bytes: int = 64 << 20
     archive_limits: Limits = field(default_factory=Limits)
+    #: PEP 658 metadata is announced only for wheels at least this large. For a plugin wheel of
+    #: a few KiB, fetching METADATA first costs pip one more round trip per package than
+    #: downloading the wheel it will install anyway (measured: 24 requests instead of 16 for 8
+    #: plugins, ~6% slower than pypiserver); for big wheels it saves real bytes.
+    metadata_min_wheel_bytes: int = 256 << 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())

@@ -2,13 +2,15 @@
 `pip install --index-url .../simple/ NAME` and `uv pip install` work without our client.
 
 Also PEP 592 (yanked), PEP 658/714 (METADATA served beside each wheel, announced under both
-attribute names since older pip reads only the first), and PEP 700 (size, versions).
+attribute names since older pip reads only the first, for wheels of at least
+`Settings.metadata_min_wheel_bytes`), and PEP 700 (size, versions).
 """
 
 from __future__ import annotations
 
 import html
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -95,8 +97,25 @@ def _upload_time(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_INLINE_BYTES = 1 << 20
+
+
+def _locate(registry: Registry, sha256: str, wheel_name: str, is_meta: bool) -> tuple[Path, bytes | None] | None:
+    """The blob behind a file URL, with its bytes when small enough to send from memory."""
+    row = registry.simple_file(sha256, wheel_name)
+    if row is None:
+        return None
+    path = registry.blobs.path(row.metadata_sha256 if is_meta else row.sha256)
+    try:
+        size = path.stat().st_size
+        return path, (path.read_bytes() if size <= _INLINE_BYTES else None)
+    except FileNotFoundError:
+        raise MarketError(410, "blob_missing", f"{wheel_name}{'.metadata' if is_meta else ''} is missing from storage") from None
+
+
 def build_simple_router(registry: Registry) -> APIRouter:
     router = APIRouter(tags=["simple"])
+    min_meta = registry.settings.metadata_min_wheel_bytes
 
     @router.get("/simple", include_in_schema=False)
     def simple_root_redirect(request: Request) -> Response:
@@ -133,25 +152,25 @@ def build_simple_router(registry: Registry) -> APIRouter:
         for f in files:
             url = f"{root}/files/{f['sha256']}/{f['filename']}"
             yanked: bool | str = (f["yank_reason"] or True) if f["yanked"] else False
-            entries.append(
-                {
-                    "filename": f["filename"],
-                    "url": url,
-                    "hashes": {"sha256": f["sha256"]},
-                    "requires-python": f["requires_python"],
-                    "core-metadata": {"sha256": f["metadata_sha256"]},
-                    "dist-info-metadata": {"sha256": f["metadata_sha256"]},
-                    "yanked": yanked,
-                    "size": f["size"],
-                    "upload-time": _upload_time(f["upload_time"]),
-                }
-            )
+            announce = f["size"] >= min_meta
+            entry: dict[str, Any] = {
+                "filename": f["filename"],
+                "url": url,
+                "hashes": {"sha256": f["sha256"]},
+                "requires-python": f["requires_python"],
+            }
+            if announce:
+                entry["core-metadata"] = {"sha256": f["metadata_sha256"]}
+                entry["dist-info-metadata"] = {"sha256": f["metadata_sha256"]}
+            entry.update({"yanked": yanked, "size": f["size"], "upload-time": _upload_time(f["upload_time"])})
+            entries.append(entry)
             attrs = [f'href="{html.escape(url + "#sha256=" + f["sha256"])}"']
             if f["requires_python"]:
                 attrs.append(f'data-requires-python="{html.escape(f["requires_python"])}"')
-            meta = f"sha256={f['metadata_sha256']}"
-            attrs.append(f'data-dist-info-metadata="{meta}"')
-            attrs.append(f'data-core-metadata="{meta}"')
+            if announce:
+                meta = f"sha256={f['metadata_sha256']}"
+                attrs.append(f'data-dist-info-metadata="{meta}"')
+                attrs.append(f'data-core-metadata="{meta}"')
             if f["yanked"]:
                 attrs.append(f'data-yanked="{html.escape(f["yank_reason"] or "")}"')
             links.append(f"    <a {' '.join(attrs)}>{html.escape(f['filename'])}</a><br/>\n")
@@ -162,18 +181,18 @@ def build_simple_router(registry: Registry) -> APIRouter:
     async def wheel_file(sha256: str, filename: str) -> Response:
         is_meta = filename.endswith(".whl.metadata")
         wheel_name = filename[: -len(".metadata")] if is_meta else filename
-        row = await run_in_threadpool(registry.simple_file, sha256, wheel_name)
-        if row is None:
+        found = await run_in_threadpool(_locate, registry, sha256, wheel_name, is_meta)
+        if found is None:
             raise MarketError(404, "not_found", f"no file {filename} with sha256 {sha256}")
-        blob = row.metadata_sha256 if is_meta else row.sha256
-        path = registry.blobs.path(blob)
-        if not path.is_file():
-            raise MarketError(410, "blob_missing", f"{filename} is missing from storage")
-        return FileResponse(
-            path,
-            media_type="text/plain; charset=utf-8" if is_meta else "application/octet-stream",
-            filename=None if is_meta else wheel_name,
-            headers={"Cache-Control": "public, max-age=31536000, immutable"},
-        )
+        path, body = found
+        media_type = "text/plain; charset=utf-8" if is_meta else "application/octet-stream"
+        headers = {"Cache-Control": "public, max-age=31536000, immutable"}
+        if body is not None:
+            # Plugin wheels and METADATA are small: one read in the thread that did the lookup
+            # beats FileResponse's per-chunk thread hops, which showed in pip install times.
+            if not is_meta:
+                headers["Content-Disposition"] = f'attachment; filename="{wheel_name}"'
+            return Response(body, media_type=media_type, headers=headers)
+        return FileResponse(path, media_type=media_type, filename=None if is_meta else wheel_name, headers=headers)
 
     return router
