@@ -71,11 +71,14 @@ class MoELayer(nn.Module):
         kept_counts = counts.clamp(max=capacity)
 
         tokens = token_of[kept]
-        inputs = flat.index_select(0, tokens)
-        outputs = [self.experts[e](chunk.unsqueeze(0)).squeeze(0)
-                   for e, chunk in enumerate(inputs.split(kept_counts.tolist())) if chunk.shape[0]]
-        weighted = torch.cat(outputs) * gate_of[kept].unsqueeze(-1).to(flat.dtype)
-        out = torch.zeros_like(flat).index_add_(0, tokens, weighted.to(flat.dtype))
+        weights = gate_of[kept].unsqueeze(-1)
+        sizes = kept_counts.tolist()
+        out = torch.zeros_like(flat)
+        for e, (chunk, idx, w) in enumerate(zip(flat.index_select(0, tokens).split(sizes), tokens.split(sizes),
+                                                weights.split(sizes))):
+            if chunk.shape[0]:
+                y = self.experts[e](chunk.unsqueeze(0)).squeeze(0)
+                out = out.index_add(0, idx, (y * w).to(flat.dtype))
 
         fraction = counts.float() / (N * k)
         balance = E * torch.sum(fraction * probs.mean(dim=0))
