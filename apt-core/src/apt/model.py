@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -160,7 +160,3 @@ def set_switch(built: BuiltModel, switch: str, enabled: bool) -> None:
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-
-
-def model_summary(built: BuiltModel) -> dict[str, Any]:
-    return {"params": built.model.num_params(), "providers": built.providers}

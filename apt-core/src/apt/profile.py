@@ -7,7 +7,7 @@ the ``--set`` flag that introduced it, because a user fixes a file, not a Python
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
