@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash"]
+PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash", "apt-plugin-voter"]
 
 
 @pytest.fixture
