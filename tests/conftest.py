@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash", "apt-plugin-voter"]
+PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash", "apt-plugin-voter",
+           "apt-plugin-retriever", "apt-plugin-quant"]
 
 
 @pytest.fixture

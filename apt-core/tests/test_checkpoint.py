@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from apt import checkpoint as ckpt
+from apt.atomic import atomic_write
 from apt.errors import CheckpointError
 
 
@@ -16,14 +17,14 @@ def test_save_prunes_and_keeps_best(tmp_path):
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
     target = tmp_path / "f.bin"
-    ckpt.atomic_write(target, lambda f: f.write(b"old"))
+    atomic_write(target, lambda f: f.write(b"old"))
 
     def failing(f):
         f.write(b"partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        ckpt.atomic_write(target, failing)
+        atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 

@@ -9,7 +9,6 @@ kill at any instant leaves either the old set of checkpoints or the new one.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import zipfile
@@ -21,6 +20,7 @@ import torch
 
 from apt import __version__
 from apt import config as cfg
+from apt.atomic import atomic_write
 from apt.errors import AptError, CheckpointError, ConfigError
 from apt.profile import Profile
 from apt.registry import Registry
@@ -29,25 +29,6 @@ from apt.tokenizers import Tokenizer, tokenizer_from_state
 FORMAT = "apt-checkpoint"
 FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then make it ``path`` durably."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apt.atomic import atomic_write
 from apt.errors import AptError
 from apt.home import apt_home
 from apt.profile import DataConfig
@@ -66,13 +66,10 @@ def encode_to_array(chunks: Iterator[str], tokenizer: Tokenizer, cache_key: str)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{cache_key}.bin"
     if not path.exists():
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as out:
+        def write(out):
             for chunk in chunks:
                 out.write(np.asarray(tokenizer.encode(chunk), dtype=dtype).tobytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write)
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import IO, Any
 
-from apt.checkpoint import atomic_write
+from apt.atomic import atomic_write
 from apt.errors import AptError
 
 

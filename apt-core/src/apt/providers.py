@@ -16,8 +16,10 @@ builder registers it with the plugin manager once, under the name ``"<kind>.<nam
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from torch import nn
@@ -101,13 +103,48 @@ class AlignProvider(Provider):
         ...
 
 
+@dataclass(frozen=True)
+class Document:
+    """A text to index; ``source`` is what a user sees to find it again (file:line, JSONL id)."""
+
+    text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved document with its score (higher is better), as shown and as put in the prompt."""
+
+    text: str
+    source: str
+    score: float
+
+
+class SearchIndex(Protocol):
+    def search(self, query: str, k: int) -> list[Passage]:
+        """The ``k`` best passages for ``query``, best first."""
+
+
+class Retriever(Protocol):
+    """What :meth:`RetrieverProvider.build` returns; it holds any model the retriever needs."""
+
+    def build_index(self, documents: Iterable[Document], out: Path) -> dict[str, Any]:
+        """Index ``documents`` into the file ``out`` (written atomically); return its metadata."""
+
+    def open(self, path: Path) -> SearchIndex:
+        """Load an index; raise :class:`apt.errors.AptError` if missing or built another way."""
+
+    def augment(self, prompt: str, passages: list[Passage]) -> str:
+        """The prompt the model is conditioned on (the provider's configurable template)."""
+
+
 class RetrieverProvider(Provider):
     """Document index used to augment prompts at generation time."""
 
     kind = "retriever"
 
     @abstractmethod
-    def build(self) -> Any:
+    def build(self) -> Retriever:
         ...
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from apt.checkpoint import atomic_write
+from apt.atomic import atomic_write
 
 
 def run(command: str, argv: Sequence[str]) -> int:
