@@ -73,6 +73,15 @@ def test_without_plugins_training_falls_back_with_one_warning_each(tmp_path, env
     assert trained.returncode == 0, trained.stderr
     assert trained.stderr.splitlines() == [FALLBACK]
     assert "attention sdpa" in trained.stdout
+    run_dir = str(tmp_path / "runs" / "tiny_debug")
+    voted = run(["generate", "--checkpoint", run_dir, "--vote", "k=3"], env=env, cwd=tmp_path,
+                python=venv_without_plugins)
+    assert_one_line_error(voted, "no voter provider named 'self_consistency' is installed (pip install apt-plugin-voter)")
+    retrieved = run(["generate", "--checkpoint", run_dir, "--index", "docs.idx"], env=env, cwd=tmp_path,
+                    python=venv_without_plugins)
+    assert_one_line_error(retrieved, "no retriever provider named 'bm25' is installed (pip install apt-plugin-retriever)")
+    quantize = run(["quantize", "--checkpoint", run_dir], env=env, cwd=tmp_path, python=venv_without_plugins)
+    assert_one_line_error(quantize, "'apt quantize' comes with apt-plugin-quant: pip install apt-plugin-quant")
     strict = run(["train", "-p", "tiny_debug", "--strict"], env=env, cwd=tmp_path, python=venv_without_plugins)
     assert_one_line_error(strict, "no attention provider named 'tva' is installed (pip install apt-plugin-tva)")
 

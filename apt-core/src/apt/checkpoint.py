@@ -5,12 +5,19 @@ RNG states, step, early-stopping state, plugin state) and to rebuild the model e
 (the validated profile, tokenizer and provider versions). Files are written to a temporary
 name in the same directory, fsynced, renamed into place, and the directory fsynced, so a
 kill at any instant leaves either the old set of checkpoints or the new one.
+
+A quantised model (``apt quantize``, from apt-plugin-quant) is a single checkpoint file,
+``DIR/model.pt``, holding the quantised state dict and its recipe ``state["quant"] = {"method",
+"options", "plugin_version"}``. :func:`load_model` rebuilds the float model, applies the named
+``quant`` provider and loads the state into the result, so every command that takes
+``--checkpoint`` runs a quantised model with no extra flag.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +30,14 @@ from apt import config as cfg
 from apt.atomic import atomic_write
 from apt.errors import AptError, CheckpointError, ConfigError
 from apt.profile import Profile
-from apt.registry import Registry
+from apt.registry import PACKAGES, Registry, default_registry
 from apt.tokenizers import Tokenizer, tokenizer_from_state
 
 FORMAT = "apt-checkpoint"
 FORMAT_VERSION = 1
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+#: The file a model directory (the output of ``apt quantize``) holds.
+MODEL_FILE = "model.pt"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -59,12 +68,21 @@ def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = F
     return path
 
 
+def save_file(path: Path, state: dict[str, Any]) -> Path:
+    """Write one self-contained checkpoint file (a model directory's ``model.pt``) atomically."""
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "apt_version": __version__, **state}
+    atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
 def resolve(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its best.pt, else its latest step)."""
+    """A checkpoint file, a model directory (its model.pt), or a run directory (its best.pt, else its latest step)."""
     p = Path(path)
     if p.is_file():
         return p
     if p.is_dir():
+        if (p / MODEL_FILE).is_file():
+            return p / MODEL_FILE
         for run_dir in (p, p.parent):
             best = checkpoint_dir(run_dir) / "best.pt"
             if best.is_file():
@@ -73,13 +91,15 @@ def resolve(path: str | Path) -> Path:
             if steps:
                 return steps[-1][1]
         raise CheckpointError(f"no checkpoint in {p}: expected {checkpoint_dir(p)}/step-*.pt or best.pt "
-                              f"(train first with apt train)")
+                              f"(train first with apt train) or {p / MODEL_FILE} (from apt quantize)")
     raise CheckpointError(f"checkpoint {str(p)!r} not found: pass a run directory or a .pt file")
 
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # raised by every quantised (int8) tensor torch unpickles
+            warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or not an apt checkpoint ({first}); "
@@ -123,12 +143,38 @@ def load_model(path: str | Path, *, registry: Registry | None = None, device: st
         built = ModelBuilder(profile, tokenizer.vocab_size, registry=registry, strict=True).build()
     except AptError as err:
         raise CheckpointError(f"cannot rebuild the model of {file}: {err}") from None
+    model = built.model
+    if state.get("quant") is not None:
+        model = _quantized(model, state["quant"], file, registry or default_registry(), device)
     try:
-        built.model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {file} does not match its model: {str(err).splitlines()[0]}") from None
-    built.model.to(device).eval()
-    return Loaded(built.model, tokenizer, profile, state, file)
+    model.to(device).eval()
+    return Loaded(model, tokenizer, profile, state, file)
+
+
+def _quantized(model: torch.nn.Module, recipe: Any, file: Path, registry: Registry, device: str) -> torch.nn.Module:
+    """``model`` rewritten by the quant provider a quantised checkpoint names, ready for its state dict."""
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("method"), str):
+        raise CheckpointError(f"checkpoint {file} holds an invalid quantisation recipe (expected "
+                              f"{{'method': NAME, 'options': {{...}}}}); quantise the model again")
+    method = recipe["method"]
+    if registry.info("quant", method) is None:
+        package = PACKAGES.get(f"quant.{method}", "the plugin that provides it")
+        raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}: pip install {package}")
+    try:
+        provider = registry.make("quant", method, recipe.get("options") or {})
+    except AptError as err:
+        raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which cannot load it: {err}") from None
+    devices = getattr(provider, "devices", None)
+    if devices and torch.device(device).type not in devices:
+        raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which runs on "
+                              f"{' or '.join(devices)} only: pass --device {devices[0]}")
+    try:
+        return provider.apply(model)
+    except AptError as err:
+        raise CheckpointError(f"cannot rebuild the quantised model of {file}: {err}") from None
 
 
 def _with(data: dict[str, Any], assignments: dict[str, Any]) -> dict[str, Any]:

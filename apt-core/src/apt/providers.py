@@ -55,6 +55,8 @@ class Provider(ABC):
     Config: ClassVar[type] = EmptyConfig
     #: Curriculum key: ``schedules.enable_<switch>_at_epoch`` turns this provider's modules on.
     switch: ClassVar[str | None] = None
+    #: The package manifest's ``[tool.apt] sandbox``: "required" runs its data hooks in apt-sandbox.
+    sandbox: ClassVar[str] = "allowed"
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -149,9 +151,16 @@ class RetrieverProvider(Provider):
 
 
 class VoterProvider(Provider):
-    """Chooses among sampled candidates (self-consistency)."""
+    """Chooses among sampled candidates (self-consistency).
+
+    ``vote_hook`` names the pure data hook ``"module:function"``: it takes
+    ``{"candidates": [...], "logprobs": [...], "normalise": ...}`` and returns the vote as JSON
+    (``winner``, ``normalised``, ``agreement``, ``votes``, ``counts``, ``tie_broken_by_logprob``),
+    so the kernel can run it in a sandbox (:mod:`apt.isolation`).
+    """
 
     kind = "voter"
+    vote_hook: ClassVar[str]
 
     @abstractmethod
     def build(self) -> Any:

@@ -38,6 +38,10 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
+    def encodable(self, text: str) -> str:
+        """``text`` without the characters outside the vocabulary (for text the user did not write)."""
+        return "".join(c for c in text if c in self.stoi)
+
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "chars": self.chars}
 
@@ -51,6 +55,9 @@ class ByteTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
+
+    def encodable(self, text: str) -> str:
+        return text
 
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind}

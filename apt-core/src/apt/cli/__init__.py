@@ -18,13 +18,17 @@ from apt.errors import AptError
 COMMAND_GROUP = "apt.commands"
 BUILTIN = {
     "train": ("apt.cli.run", "train a model from a profile"),
-    "generate": ("apt.cli.run", "sample text from a checkpoint"),
+    "generate": ("apt.cli.generate", "sample text, optionally with retrieval and voting"),
     "eval": ("apt.cli.run", "loss and perplexity of a checkpoint on a file"),
     "plugin": ("apt.cli.plugins", "list and inspect installed providers"),
     "plugin-list": ("apt.cli.plugins", "same as: apt plugin list"),
     "plugin-info": ("apt.cli.plugins", "same as: apt plugin info"),
     "errors": ("apt.cli.errors", "failures recorded by past runs"),
 }
+
+#: Commands of first-party packages, so that a missing one's error says what to install.
+PACKAGES = {"market": "apt-marketplace", "sandbox": "apt-sandbox", "index": "apt-plugin-retriever",
+            "quantize": "apt-plugin-quant", "export": "apt-plugin-quant"}
 
 
 class _Format(logging.Formatter):
@@ -72,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return module.run(command, rest)
         if command in external:
             return int(external[command].load()(rest) or 0)
-        print(f"apt: error: unknown command {command!r}; run 'apt --help' for the list", file=sys.stderr)
+        if command in PACKAGES:
+            print(f"apt: error: 'apt {command}' comes with {PACKAGES[command]}: pip install {PACKAGES[command]}",
+                  file=sys.stderr)
+        else:
+            print(f"apt: error: unknown command {command!r}; run 'apt --help' for the list", file=sys.stderr)
         return 2
     except AptError as err:
         print(f"apt: error: {err}", file=sys.stderr)

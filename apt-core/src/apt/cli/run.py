@@ -1,4 +1,4 @@
-"""``apt train``, ``apt generate`` and ``apt eval``."""
+"""``apt train`` and ``apt eval``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from apt.errors import AptError
 
 
 def run(command: str, argv: Sequence[str]) -> int:
-    return {"train": train, "generate": generate, "eval": evaluate}[command](argv)
+    return {"train": train, "eval": evaluate}[command](argv)
 
 
 def train(argv: Sequence[str]) -> int:
@@ -65,36 +65,14 @@ def _dry_run(profile, strict: bool) -> int:
     return 0
 
 
-def _checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+def checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or quantised model directory")
     p.add_argument("--device", default="cpu")
-
-
-def generate(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="apt generate", description="sample text from a checkpoint")
-    _checkpoint_args(p)
-    p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 decodes greedily")
-    p.add_argument("--top-k", type=int, default=200)
-    p.add_argument("--seed", type=int, default=1337)
-    args = p.parse_args(argv)
-    if args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
-        raise AptError("--max-new-tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
-
-    from apt.checkpoint import load_model
-    from apt.generate import sample
-
-    loaded = load_model(args.checkpoint, device=args.device)
-    text = sample(loaded.model, loaded.tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                  temperature=args.temperature, top_k=args.top_k, seed=args.seed, device=args.device)
-    print(args.prompt + text)
-    return 0
 
 
 def evaluate(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="apt eval", description="loss and perplexity on a text or JSONL file")
-    _checkpoint_args(p)
+    checkpoint_args(p)
     p.add_argument("--data", required=True, help="text or JSONL file")
     p.add_argument("--format", choices=["auto", "text", "jsonl"], default="auto")
     p.add_argument("--jsonl-field", default="text")

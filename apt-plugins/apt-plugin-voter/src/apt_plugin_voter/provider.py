@@ -27,6 +27,11 @@ class SelfConsistencyVoter:
 
         return vote(candidates, logprobs, self.config.normalise)
 
+    def entropy(self, probs: list[float]) -> float:
+        from apt_plugin_voter.voting import entropy
+
+        return entropy(probs)
+
     def should_vote(self, probs: list[float], threshold: float | None = None) -> bool:
         from apt_plugin_voter.voting import should_vote
 
@@ -38,6 +43,7 @@ class SelfConsistencyProvider(VoterProvider):
 
     name = "self_consistency"
     Config = SelfConsistencyConfig
+    vote_hook = "apt_plugin_voter.voting:vote"
 
     def build(self) -> SelfConsistencyVoter:
         return SelfConsistencyVoter(self.config)

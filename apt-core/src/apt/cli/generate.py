@@ -1,0 +1,208 @@
+"""``apt generate``: sampling, optionally conditioned on retrieved passages and decided by a vote.
+
+Retrieval and voting are providers (``retriever.*``, ``voter.*``) from their own packages; this
+module only wires them: options come from the checkpoint's profile (``providers.<kind>.<name>``)
+overridden by flags, so a template set in the profile applies without repeating it here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from apt.cli.run import checkpoint_args
+from apt.errors import AptError
+from apt.providers import Passage
+from apt.tokenizers import Tokenizer
+
+log = logging.getLogger("apt")
+
+
+def run(command: str, argv: Sequence[str]) -> int:
+    return generate(argv)
+
+
+def _options(text: str, flag: str) -> dict[str, Any]:
+    """``k=5,normalise=numeric`` (or a bare ``5`` for ``k``) -> provider options."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            key, raw = "k", item
+        if not key.strip() or not raw.strip():
+            raise AptError(f"{flag} {text!r}: expected KEY=VALUE[,KEY=VALUE...], e.g. {flag} k=5")
+        options[key.strip()] = yaml.safe_load(raw)
+    return options
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="apt generate", description="sample text from a checkpoint")
+    checkpoint_args(p)
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 decodes greedily")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the K most likely tokens")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--stop", help="end the answer before this text (e.g. a newline: $'\\n')")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    r = p.add_argument_group("retrieval (pip install apt-plugin-retriever)")
+    r.add_argument("--retriever", help="retriever provider: bm25 (default when --index is given) or dense")
+    r.add_argument("--index", type=Path, help="index file from 'apt index build'")
+    r.add_argument("--passages", type=int, default=3, metavar="N", help="passages to retrieve (default 3)")
+    r.add_argument("--embedding-model", help="local sentence-embedding model directory (retriever dense)")
+    v = p.add_argument_group("self-consistency (pip install apt-plugin-voter)")
+    v.add_argument("--vote", metavar="k=K[,KEY=VALUE]",
+                   help="sample K answers and keep the majority, e.g. k=5 or k=5,normalise=numeric")
+    v.add_argument("--sandbox", action="store_true",
+                   help="run the vote in apt-sandbox (always so for a voter whose package requires it)")
+    v.add_argument("--vote-threshold", type=float, metavar="NATS",
+                   help="vote only when the next-token entropy exceeds this (default: the checkpoint's "
+                        "vote_threshold schedule, else the voter's config)")
+    return p
+
+
+def generate(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
+        raise AptError("--max-new-tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
+    if args.passages < 1:
+        raise AptError(f"--passages must be >= 1, got {args.passages}")
+    if (args.retriever or args.embedding_model) and args.index is None:
+        raise AptError("--retriever needs --index INDEX (build one with: apt index build --docs DIR --out INDEX)")
+    if (args.vote_threshold is not None or args.sandbox) and args.vote is None:
+        flag, example = (("--vote-threshold", "--vote-threshold 1.0") if args.vote_threshold is not None
+                         else ("--sandbox", "--sandbox"))
+        raise AptError(f"{flag} only applies with --vote (e.g. --vote k=5 {example})")
+
+    from apt.checkpoint import load_model
+    from apt.generate import evidence_vector, sample
+
+    loaded = load_model(args.checkpoint, device=args.device)
+    model, tokenizer, profile = loaded.model, loaded.tokenizer, loaded.profile
+    report: dict[str, Any] = {"prompt": args.prompt}
+    say = _printer(args.json)
+    prompt, evidence = args.prompt, None
+    if args.index is not None:
+        name = args.retriever or "bm25"
+        options = dict(profile.provider_options("retriever", name))
+        if args.embedding_model:
+            options["embedding_model"] = args.embedding_model
+        retriever = _provider("retriever", name, options, "--retriever").build()
+        passages = retriever.open(args.index).search(args.prompt, args.passages)
+        budget = model.dims.block_size - min(args.max_new_tokens, model.dims.block_size // 4)
+        kept = fit_passages(retriever.augment, tokenizer, args.prompt, passages, budget)
+        prompt = retriever.augment(args.prompt, kept)
+        report["passages"] = [{"rank": i + 1, "score": p.score, "source": p.source, "text": p.text,
+                               "used": i < len(kept)} for i, p in enumerate(passages)]
+        say(f"retrieved {len(passages)} passages (retriever.{name}, {args.index}):")
+        for i, p in enumerate(passages):
+            shown = " ".join(p.text.split())
+            say(f"  [{i + 1}] score {p.score:.4f}  {p.source}  {shown[:100]}{'...' if len(shown) > 100 else ''}")
+        cut = bool(kept) and len(kept[-1].text) < len(tokenizer.encodable(passages[len(kept) - 1].text))
+        if len(kept) < len(passages) or cut:
+            say(f"  {len(kept)} of them fit the model's {model.dims.block_size}-token context with the prompt"
+                + (", the last cut short" if cut else ""))
+        evidence = evidence_vector(model, tokenizer, [p.text for p in kept], device=args.device)
+        if evidence is not None:
+            say(f"  evidence from {len(kept)} passages conditions the model through align "
+                f"{loaded.state.get('providers', {}).get('align', {}).get('name', '')}".rstrip())
+
+    common = dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k, seed=args.seed, device=args.device,
+                  stop=args.stop, evidence=evidence)
+    if args.vote is None:
+        text = sample(model, tokenizer, prompt, temperature=args.temperature, **common)[0].text
+    else:
+        text = _vote(args, loaded, prompt, common, report, say)
+    report["text"] = text
+    if args.json:
+        print(json.dumps(report))
+    else:
+        if args.index is not None or args.vote is not None:
+            print("---")
+        print(args.prompt + text)
+    return 0
+
+
+def _vote(args: argparse.Namespace, loaded: Any, prompt: str, common: dict[str, Any],
+          report: dict[str, Any], say: Any) -> str:
+    from apt.generate import next_token_probs, sample
+    from apt.isolation import call_data_hook
+
+    options = {**loaded.profile.provider_options("voter", "self_consistency"), **_options(args.vote, "--vote")}
+    provider = _provider("voter", "self_consistency", options, "--vote")
+    voter, config = provider.build(), provider.config
+    threshold = args.vote_threshold
+    source = "--vote-threshold"
+    if threshold is None and "vote_threshold" in loaded.state.get("schedule", {}):
+        threshold, source = loaded.state["schedule"]["vote_threshold"], "the checkpoint's vote_threshold schedule"
+    if threshold is None:
+        threshold, source = config.vote_threshold, "providers.voter.self_consistency.vote_threshold"
+    if threshold is not None:
+        probs = next_token_probs(loaded.model, loaded.tokenizer, prompt, device=args.device)
+        entropy = report["entropy"] = voter.entropy(probs)
+        if not voter.should_vote(probs, threshold):
+            say(f"vote: skipped, next-token entropy {entropy:.3f} nats <= {threshold:g} ({source})")
+            report["vote"] = None
+            return sample(loaded.model, loaded.tokenizer, prompt, temperature=args.temperature, **common)[0].text
+        say(f"vote: next-token entropy {entropy:.3f} nats > {threshold:g} ({source})")
+    completions = sample(loaded.model, loaded.tokenizer, prompt, temperature=config.temperature,
+                         num_samples=config.k, **common)
+    request = {"candidates": [c.text for c in completions], "logprobs": [c.mean_logprob for c in completions],
+               "normalise": config.normalise}
+    result = call_data_hook(provider, provider.vote_hook, request, sandboxed=args.sandbox)
+    report["vote"] = {**result, "candidates": request["candidates"], "normalise": config.normalise}
+    counts = ", ".join(f"{key!r} x{n}" for key, n in sorted(result["counts"].items(), key=lambda kv: -kv[1]))
+    where = " in the sandbox" if args.sandbox or provider.sandbox == "required" else ""
+    say(f"vote{where}: {config.k} samples at temperature {config.temperature:g}, normalise={config.normalise}: "
+        f"{counts}")
+    say(f"winner {result['normalised']!r}: {result['counts'][result['normalised']]} of {result['votes']} agree "
+        f"(agreement {result['agreement']:.2f})" + (", tie broken by mean log-probability"
+                                                    if result["tie_broken_by_logprob"] else ""))
+    return result["winner"]
+
+
+def fit_passages(augment: Any, tokenizer: Tokenizer, prompt: str, passages: list[Passage],
+                 budget: int) -> list[Passage]:
+    """The best-ranked passages whose augmented prompt fits ``budget`` tokens.
+
+    The question must stay in the model's window, so lower-ranked passages go first; if even the
+    best one is too long it is cut short. Characters a char-level model never saw are dropped
+    from passages (the prompt itself must still be encodable).
+    """
+    clean = [Passage(tokenizer.encodable(p.text), p.source, p.score) for p in passages]
+    kept: list[Passage] = []
+    for passage in clean:
+        if len(tokenizer.encode(augment(prompt, [*kept, passage]))) > budget:
+            break
+        kept.append(passage)
+    if not kept and clean:
+        best = clean[0]
+        lo, hi = 0, len(best.text)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            trial = Passage(best.text[:mid], best.source, best.score)
+            lo, hi = (mid, hi) if len(tokenizer.encode(augment(prompt, [trial]))) <= budget else (lo, mid - 1)
+        if lo:
+            kept = [Passage(best.text[:lo], best.source, best.score)]
+    return kept
+
+
+def _provider(kind: str, name: str, options: dict[str, Any], flag: str) -> Any:
+    """The provider instance, with config errors blamed on the flag (or the profile) they came from."""
+    from apt.errors import ConfigError
+    from apt.registry import default_registry
+
+    try:
+        return default_registry().make(kind, name, options)
+    except ConfigError as err:
+        raise err.located(f"{flag} (with the checkpoint profile's providers.{kind}.{name})") from None
+
+
+def _printer(quiet: bool) -> Any:
+    return (lambda line: None) if quiet else print

@@ -1,0 +1,64 @@
+import math
+
+import torch
+
+from apt.cli.generate import fit_passages
+from apt.generate import evidence_vector, next_token_probs, sample
+from apt.model import ModelBuilder
+from apt.providers import Passage
+from apt.tokenizers import ByteTokenizer, CharTokenizer
+
+
+def _model(tiny_profile, vocab_size):
+    torch.manual_seed(0)
+    return ModelBuilder(tiny_profile, vocab_size).build().model.eval()
+
+
+def test_batched_samples_are_seeded_and_stop_before_the_stop_text(tiny_profile):
+    tok = ByteTokenizer()
+    model = _model(tiny_profile, tok.vocab_size)
+    first = sample(model, tok, "ab", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
+    again = sample(model, tok, "ab", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
+    assert first == again and len(first) == 4
+    for c in first:
+        assert "a" not in c.text
+        assert c.mean_logprob < 0 and 1 <= c.tokens <= 30
+    assert len({c.text for c in first}) > 1
+
+
+def test_mean_logprob_is_the_models_own_probability_of_the_text(tiny_profile):
+    tok = CharTokenizer("".join(map(chr, range(32, 127))))
+    model = _model(tiny_profile, tok.vocab_size)
+    (c,) = sample(model, tok, "xy", max_new_tokens=5, temperature=0)
+    ids = torch.tensor([tok.encode("xy" + c.text)])
+    logp = torch.log_softmax(model(ids).logits[0, 1:-1].float(), dim=-1)
+    expected = logp.gather(1, ids[0, 2:, None]).mean().item()
+    assert math.isclose(c.mean_logprob, expected, rel_tol=1e-4)
+
+
+def test_next_token_probs_sum_to_one_and_no_evidence_without_an_aligner(tiny_profile):
+    tok = ByteTokenizer()
+    model = _model(tiny_profile, tok.vocab_size)
+    probs = next_token_probs(model, tok, "hello")
+    assert len(probs) == 256 and math.isclose(sum(probs), 1.0, rel_tol=1e-5)
+    assert evidence_vector(model, tok, ["some passage"]) is None
+
+
+def _augment(prompt, passages):
+    return "".join(p.text + "\n" for p in passages) + prompt
+
+
+def test_fit_passages_drops_low_ranked_then_cuts_the_best():
+    tok = CharTokenizer("abcdefgh\n?")
+    ranked = [Passage("abcd", "a:1", 3.0), Passage("efgh", "a:2", 2.0), Passage("hhhhhhhh", "a:3", 1.0)]
+    assert fit_passages(_augment, tok, "?", ranked, 100) == ranked
+    assert fit_passages(_augment, tok, "?", ranked, 11) == ranked[:2]
+    cut = fit_passages(_augment, tok, "?", [Passage("abcdefgh", "a:1", 1.0)], 5)
+    assert cut == [Passage("abc", "a:1", 1.0)]
+    assert fit_passages(_augment, tok, "?", ranked, 1) == []
+
+
+def test_fit_passages_drops_characters_the_model_never_saw():
+    tok = CharTokenizer("abc\n?")
+    kept = fit_passages(_augment, tok, "?", [Passage("aXbYc", "d:1", 1.0)], 100)
+    assert kept == [Passage("abc", "d:1", 1.0)]
