@@ -69,3 +69,14 @@ def test_vote_threshold_skips_the_vote_when_the_model_is_sure(trained):
 def test_bad_generate_flags_are_one_line_errors(trained, args, fragment):
     root, env, ckpt = trained
     assert_one_line_error(run(["generate", "--checkpoint", ckpt, *args], env=env, cwd=root), fragment)
+
+
+def test_the_checkpoints_vote_threshold_schedule_applies(tmp_path, env):
+    trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3",
+                   "--set", "schedules.vote_threshold={start: 50.0, end: 60.0, by: step}"], env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    voted = run(["generate", "--checkpoint", str(tmp_path / "runs" / "tiny_debug"), "--prompt", "ROMEO:",
+                 "--max-new-tokens", "4", "--vote", "k=3"], env=env, cwd=tmp_path)
+    assert voted.returncode == 0, voted.stderr
+    assert voted.stdout.startswith("vote: skipped, next-token entropy ")
+    assert "<= 60 (the checkpoint's vote_threshold schedule)" in voted.stdout.splitlines()[0]

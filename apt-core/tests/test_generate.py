@@ -4,7 +4,7 @@ import torch
 
 from apt.cli.generate import fit_passages
 from apt.generate import evidence_vector, next_token_probs, sample
-from apt.model import ModelBuilder
+from apt.model import ModelBuilder, Output
 from apt.providers import Passage
 from apt.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -62,3 +62,23 @@ def test_fit_passages_drops_characters_the_model_never_saw():
     tok = CharTokenizer("abc\n?")
     kept = fit_passages(_augment, tok, "?", [Passage("aXbYc", "d:1", 1.0)], 100)
     assert kept == [Passage("abc", "d:1", 1.0)]
+
+
+class _Shift(torch.nn.Module):
+    """An aligner's evidence view in its simplest form: move the hidden state towards the evidence."""
+
+    def evidence_view(self, hidden, evidence, lm_head):
+        mixed = hidden + 4.0 * evidence[:, None, :]
+        return Output(lm_head(mixed), mixed)
+
+
+def test_evidence_conditions_every_step_through_the_aligner(tiny_profile):
+    tok = CharTokenizer("".join(map(chr, range(32, 127))))
+    model = _model(tiny_profile, tok.vocab_size)
+    model.extras["align"] = _Shift()
+    evidence = evidence_vector(model, tok, ["the quick brown fox", "jumps over"])
+    assert evidence.shape == (1, model.dims.d_model)
+    plain = sample(model, tok, "ab", max_new_tokens=20, temperature=0)[0]
+    steered = sample(model, tok, "ab", max_new_tokens=20, temperature=0, evidence=evidence)[0]
+    assert steered.text != plain.text
+    assert sample(model, tok, "ab", max_new_tokens=20, temperature=0, evidence=evidence)[0] == steered
