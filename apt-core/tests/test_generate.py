@@ -17,13 +17,16 @@ def _model(tiny_profile, vocab_size):
 def test_batched_samples_are_seeded_and_stop_before_the_stop_text(tiny_profile):
     tok = ByteTokenizer()
     model = _model(tiny_profile, tok.vocab_size)
-    first = sample(model, tok, "ab", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
-    again = sample(model, tok, "ab", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
+    first = sample(model, tok, "b", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
+    again = sample(model, tok, "b", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
     assert first == again and len(first) == 4
     for c in first:
         assert "a" not in c.text
         assert c.mean_logprob < 0 and 1 <= c.tokens <= 30
     assert len({c.text for c in first}) > 1
+    in_prompt = sample(model, tok, "a", max_new_tokens=30, temperature=1.0, seed=5, num_samples=4, stop="a")
+    assert all("a" not in c.text for c in in_prompt)
+    assert any(c.text for c in in_prompt), "a stop text inside the prompt must not end the answer"
 
 
 def test_mean_logprob_is_the_models_own_probability_of_the_text(tiny_profile):

@@ -56,7 +56,7 @@ def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, *, max_new
         idx = torch.cat([idx, nxt], dim=1)
         if stop:
             for row in range(num_samples):
-                if ends[row] == max_new_tokens and stop in tokenizer.decode(idx[row, -tail:].tolist()):
+                if ends[row] == max_new_tokens and stop in tokenizer.decode(idx[row, len(ids):][-tail:].tolist()):
                     ends[row] = step + 1
             if all(end < max_new_tokens for end in ends):
                 break
