@@ -80,3 +80,76 @@ def test_the_checkpoints_vote_threshold_schedule_applies(tmp_path, env):
     assert voted.returncode == 0, voted.stderr
     assert voted.stdout.startswith("vote: skipped, next-token entropy ")
     assert "<= 60 (the checkpoint's vote_threshold schedule)" in voted.stdout.splitlines()[0]
+
+
+ROMEO = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
+CITIZEN = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+KING = "KING RICHARD III:\nNow is the winter of our discontent\nMade glorious summer by this sun of York.\n"
+
+
+@pytest.fixture(scope="module")
+def index(trained):
+    root, env, _ = trained
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "romeo.txt").write_text(ROMEO)
+    (docs / "citizen.txt").write_text(CITIZEN)
+    (docs / "richard.md").write_text(KING + "\u00e9t\u00e9 \u2014 a line with characters the model never saw\n")
+    built = run(["index", "build", "--docs", str(docs), "--out", str(root / "docs.idx")], env=env, cwd=root)
+    assert built.returncode == 0, built.stderr
+    return root / "docs.idx"
+
+
+def test_generate_with_retrieval_shows_passages_and_conditions_on_them(trained, index):
+    root, env, ckpt = trained
+    shown = run(["generate", "--checkpoint", ckpt, "--prompt", "Juliet is the sun", "--index", str(index),
+                 "--passages", "2", "--max-new-tokens", "10", "--temperature", "0"], env=env, cwd=root)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"retrieved 2 passages (retriever.bm25, {index}):"
+    assert lines[1].startswith("  [1] score ") and "romeo.txt:1" in lines[1] and "Juliet is the sun" in lines[1]
+    assert lines[2].startswith("  [2] score ")
+    assert lines[3] == "  1 of them fit the model's 64-token context with the prompt, the last cut short"
+    assert lines[4] == "---" and lines[5].startswith("Juliet is the sun")
+
+    as_json = run(["generate", "--checkpoint", ckpt, "--prompt", "Juliet is the sun", "--index", str(index),
+                   "--passages", "3", "--max-new-tokens", "10", "--temperature", "0", "--json"], env=env, cwd=root)
+    report = json.loads(as_json.stdout)
+    scores = [p["score"] for p in report["passages"]]
+    assert scores == sorted(scores, reverse=True) and report["passages"][0]["source"].endswith("romeo.txt:1")
+    plain = run(["generate", "--checkpoint", ckpt, "--prompt", "Juliet is the sun", "--max-new-tokens", "10",
+                 "--temperature", "0", "--json"], env=env, cwd=root)
+    assert "passages" not in json.loads(plain.stdout)
+
+
+def test_passages_are_cut_to_the_models_context_and_unknown_characters_dropped(trained, index):
+    root, env, ckpt = trained
+    shown = run(["generate", "--checkpoint", ckpt, "--prompt", "summer by this sun of York", "--index", str(index),
+                 "--passages", "3", "--max-new-tokens", "60", "--temperature", "0", "--json"], env=env, cwd=root)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["passages"][0]["source"].endswith("richard.md:1")
+    assert sum(p["used"] for p in report["passages"]) < 3
+    text = run(["generate", "--checkpoint", ckpt, "--prompt", "summer by this sun of York", "--index", str(index),
+                "--passages", "3", "--max-new-tokens", "60"], env=env, cwd=root)
+    assert "of them fit the model's 64-token context with the prompt" in text.stdout
+
+
+def test_retrieval_bad_input(trained, index, tmp_path):
+    root, env, ckpt = trained
+    missing = run(["generate", "--checkpoint", ckpt, "--index", str(tmp_path / "nope.idx")], env=env, cwd=root)
+    assert_one_line_error(missing, "nope.idx")
+    assert "apt index build" in missing.stderr
+    no_model = run(["generate", "--checkpoint", ckpt, "--index", str(index), "--retriever", "dense",
+                    "--embedding-model", str(tmp_path)], env=env, cwd=root)
+    assert_one_line_error(no_model, f"{tmp_path} is not a Hugging Face model directory (no config.json)")
+
+
+def test_retrieved_evidence_reaches_the_bistate_aligner(tmp_path, env, index):
+    trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3", "--set", "model.align=bistate"],
+                  env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    shown = run(["generate", "--checkpoint", str(tmp_path / "runs" / "tiny_debug"), "--prompt", "Juliet",
+                 "--index", str(index), "--passages", "1", "--max-new-tokens", "5"], env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "  evidence from 1 passages conditions the model through align bistate" in shown.stdout.splitlines()
