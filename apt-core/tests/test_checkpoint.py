@@ -51,3 +51,101 @@ def test_pickled_objects_are_not_executed(tmp_path):
     torch.save({"format": "apt-checkpoint", "x": Evil()}, path)
     with pytest.raises(CheckpointError, match="corrupt or not an apt checkpoint"):
         ckpt.load(path)
+
+
+# -- quantised model files (DIR/model.pt with a quant recipe) ----------------------------------
+
+FAKE_QUANT = '''
+import copy
+from dataclasses import dataclass
+from apt.config import option
+from apt.providers import QuantProvider
+
+@dataclass(frozen=True)
+class Cfg:
+    scale: float = option(1.0, gt=0)
+
+class Double(QuantProvider):
+    """Casts to float64 (a stand-in rewrite: the state dict only loads into the rewritten model)."""
+    name = "double"
+    Config = Cfg
+    devices = ("cpu",)
+    applied = []
+    def apply(self, model):
+        import torch
+        Double.applied.append(self.config.scale)
+        return copy.deepcopy(model).to(torch.float64)
+'''
+
+
+def _float_state(vocab: int = 11) -> tuple[torch.nn.Module, dict]:
+    from apt.model import ModelBuilder
+    from apt.profile import load_profile
+    from apt.tokenizers import CharTokenizer
+
+    profile = load_profile("tiny_debug", ["model.n_layer=1", "model.d_model=16", "model.n_head=2",
+                                          "model.block_size=8", "model.attention=sdpa"])
+    torch.manual_seed(0)
+    built = ModelBuilder(profile, vocab).build()
+    state = {"step": 7, "profile": profile.to_dict(), "providers": built.providers,
+             "tokenizer": CharTokenizer("abcdefghijk"[:vocab]).state(), "model": built.model.state_dict()}
+    return built.model.eval(), state
+
+
+@pytest.fixture
+def fake_quant(tmp_path, on_path):
+    from apt.testing import make_distribution
+
+    on_path(make_distribution(tmp_path / "site", "fakeprov-quant", "0.1.0",
+                              entry_points={"apt.providers": {"quant.double": "fakeprov.quant:Double"}},
+                              modules={"fakeprov/__init__.py": "", "fakeprov/quant.py": FAKE_QUANT}))
+    import importlib
+
+    return importlib.import_module("fakeprov.quant").Double
+
+
+def test_model_directory_resolves_and_loads_through_its_quant_recipe(tmp_path, fake_quant):
+    model, state = _float_state()
+    quantised = model.to(torch.float64)
+    out = tmp_path / "q"
+    path = ckpt.save_file(out / ckpt.MODEL_FILE, {**state, "model": quantised.state_dict(),
+                                                  "quant": {"method": "double", "options": {"scale": 2.0}}})
+    assert path == out / "model.pt" and ckpt.resolve(out) == path
+    assert ckpt.load(path)["format"] == "apt-checkpoint"
+    loaded = ckpt.load_model(out)
+    assert fake_quant.applied == [2.0]
+    assert loaded.path == path and loaded.state["step"] == 7
+    assert all(p.dtype == torch.float64 for p in loaded.model.parameters())
+    x = torch.randint(0, 11, (2, 8))
+    assert torch.equal(loaded.model(x).logits, quantised(x).logits)
+    with pytest.raises(CheckpointError, match=r"quant\.double, which runs on cpu only: pass --device cpu"):
+        ckpt.load_model(out, device="meta")
+
+
+def test_model_directory_inside_a_run_directory_wins_over_the_run(tmp_path):
+    ckpt.save(tmp_path, {"step": 1}, keep_last=1, best=True)
+    (tmp_path / "int8").mkdir()
+    assert ckpt.resolve(tmp_path / "int8").name == "best.pt", "an empty directory falls back to its parent run"
+    ckpt.save_file(tmp_path / "int8" / "model.pt", {"step": 1})
+    assert ckpt.resolve(tmp_path / "int8") == tmp_path / "int8" / "model.pt"
+    assert ckpt.resolve(tmp_path).name == "best.pt"
+    empty = tmp_path / "elsewhere" / "empty"
+    empty.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"or .*empty/model\.pt \(from apt quantize\)"):
+        ckpt.resolve(empty)
+
+
+def test_quantised_checkpoint_without_its_provider_says_what_to_install(tmp_path):
+    from importlib.metadata import entry_points
+
+    from apt.registry import Registry
+
+    model, state = _float_state()
+    ckpt.save_file(tmp_path / "model.pt", {**state, "quant": {"method": "int8_dynamic", "options": {}}})
+    registry = Registry([ep for ep in entry_points(group="apt.providers") if not ep.name.startswith("quant.")])
+    with pytest.raises(CheckpointError, match=r"model\.pt is quantised with quant\.int8_dynamic: "
+                                              r"pip install apt-plugin-quant$"):
+        ckpt.load_model(tmp_path, registry=registry)
+    ckpt.save_file(tmp_path / "model.pt", {**state, "quant": "int8"})
+    with pytest.raises(CheckpointError, match="invalid quantisation recipe"):
+        ckpt.load_model(tmp_path, registry=registry)

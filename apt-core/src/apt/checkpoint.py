@@ -92,13 +92,16 @@ def resolve(path: str | Path) -> Path:
                 return steps[-1][1]
         raise CheckpointError(f"no checkpoint in {p}: expected {checkpoint_dir(p)}/step-*.pt or best.pt "
                               f"(train first with apt train) or {p / MODEL_FILE} (from apt quantize)")
-    raise CheckpointError(f"checkpoint {str(p)!r} not found: pass a run directory or a .pt file")
+    raise CheckpointError(f"checkpoint {str(p)!r} not found: pass a run directory, a .pt file "
+                          f"or a model directory written by apt quantize")
 
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        with warnings.catch_warnings():  # raised by every quantised (int8) tensor torch unpickles
+        with warnings.catch_warnings():  # torch's deprecation notes on every quantised (int8) tensor it unpickles
             warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                                    category=UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -129,11 +132,29 @@ class Loaded:
 
 
 def load_model(path: str | Path, *, registry: Registry | None = None, device: str = "cpu") -> Loaded:
-    """Rebuild the model a checkpoint was trained with, with the providers it names (no fallback)."""
-    from apt.model import ModelBuilder
+    """Rebuild the model a checkpoint was trained with, with the providers it names (no fallback).
 
+    A quantised checkpoint (``state["quant"]``) comes back quantised the same way.
+    """
     file = resolve(path)
     state = load(file)
+    model, tokenizer, profile = rebuild(state, file, registry=registry, device=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {file} does not match its model: {str(err).splitlines()[0]}") from None
+    model.to(device).eval()
+    return Loaded(model, tokenizer, profile, state, file)
+
+
+def rebuild(state: dict[str, Any], file: Path, *, registry: Registry | None = None,
+            device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Profile]:
+    """The freshly initialised model ``state`` describes (profile, tokenizer, providers, quant recipe).
+
+    ``file`` only names the source in errors; the weights are left for the caller to load.
+    """
+    from apt.model import ModelBuilder
+
     profile = profile_of(state, file)
     tokenizer = tokenizer_from_state(state["tokenizer"])
     pinned = {f"model.{kind}": info["name"] for kind, info in state.get("providers", {}).items()
@@ -146,12 +167,7 @@ def load_model(path: str | Path, *, registry: Registry | None = None, device: st
     model = built.model
     if state.get("quant") is not None:
         model = _quantized(model, state["quant"], file, registry or default_registry(), device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {file} does not match its model: {str(err).splitlines()[0]}") from None
-    model.to(device).eval()
-    return Loaded(model, tokenizer, profile, state, file)
+    return model, tokenizer, profile
 
 
 def _quantized(model: torch.nn.Module, recipe: Any, file: Path, registry: Registry, device: str) -> torch.nn.Module:
@@ -166,7 +182,8 @@ def _quantized(model: torch.nn.Module, recipe: Any, file: Path, registry: Regist
     try:
         provider = registry.make("quant", method, recipe.get("options") or {})
     except AptError as err:
-        raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which cannot load it: {err}") from None
+        raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which cannot load it: "
+                              f"{err}") from None
     devices = getattr(provider, "devices", None)
     if devices and torch.device(device).type not in devices:
         raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which runs on "

@@ -1,0 +1,200 @@
+"""The model rewrites behind ``quant.int8_dynamic`` and ``quant.bf16``.
+
+``int8_dynamic`` replaces every ``nn.Linear`` by torch's dynamically quantised Linear (int8
+weights, activations quantised on the fly per call). A model whose weights do not all live in
+layers it can replace is refused rather than left mostly fp32: two checks find them,
+
+* a floating parameter of two or more dimensions held directly by a module that is not an
+  ``nn.Linear``, ``nn.Embedding`` or norm layer (raw expert or projection matrices);
+* an ``nn.Linear`` whose weight is read outside its own ``forward`` during a one-token-batch
+  dry run (a parent that does ``F.linear(x, self.router.weight)``); once quantised, such a
+  layer has no ``weight`` tensor left to read.
+
+Both providers return a new model and leave the one passed in unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from apt.errors import AptError
+
+#: Layers that consume their own weights in their own forward and stay as they are.
+_KEPT = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm,
+         nn.modules.batchnorm._NormBase)
+
+#: torch's own noise around eager-mode quantisation, silenced only inside these calls.
+_NOISE = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel"),
+    (UserWarning, r"TypedStorage is deprecated"),
+)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the deprecation chatter of ``torch.ao.quantization`` (and nothing else)."""
+    with warnings.catch_warnings():
+        for category, message in _NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def int8_dynamic(model: nn.Module, *, per_channel: bool = True, head: bool = True) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8 (CPU only)."""
+    problems = unsupported_layers(model)
+    if problems:
+        more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
+        raise AptError(f"quant.int8_dynamic only quantises nn.Linear layers and cannot reach {problems[0]}{more}; "
+                       f"use --method bf16 instead")
+    linears = [name for name, m in model.named_modules() if type(m) is nn.Linear and (head or name != "lm_head")]
+    if not linears:
+        raise AptError(f"quant.int8_dynamic found no nn.Linear layer in {type(model).__name__} to quantise; "
+                       f"use --method bf16 instead")
+    was_training = model.training
+    model.eval()
+    with quiet():
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        quantized = quantize_dynamic(model, {name: qconfig for name in linears}, dtype=torch.qint8, inplace=False)
+    model.train(was_training)
+    left = [name for name, m in quantized.named_modules() if type(m) is nn.Linear and (head or name != "lm_head")]
+    if left:
+        raise AptError(f"quant.int8_dynamic left {left[0]} in fp32; use --method bf16 instead")
+    _smoke(quantized)
+    return quantized.eval()
+
+
+def bf16(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every floating parameter and buffer in bfloat16."""
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Weights int8_dynamic cannot reach, as ``path (Type): why`` descriptions, static ones first."""
+    problems = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear or isinstance(module, _KEPT):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if p.is_floating_point() and p.dim() >= 2:
+                shape = "x".join(map(str, p.shape))
+                problems.append(f"{name or 'the model'} ({type(module).__name__}), which holds its {shape} weight "
+                                f"{pname!r} outside nn.Linear")
+    return problems + weights_read_outside(model)
+
+
+def weights_read_outside(model: nn.Module) -> list[str]:
+    """Linear layers whose weight or bias is read outside their own forward in a dry run.
+
+    Needs an APT language model (``model.dims``) to feed; any other model is not probed.
+    """
+    dims = getattr(model, "dims", None)
+    if dims is None or not hasattr(dims, "block_size"):
+        return []
+    owners: dict[int, set[int]] = {}
+    for module in model.modules():
+        if type(module) is nn.Linear or isinstance(module, _KEPT):
+            for p in module.parameters(recurse=False):
+                owners.setdefault(id(p), set()).add(id(module))
+    watched: dict[int, tuple[str, set[int]]] = {}
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear:
+            for p in module.parameters(recurse=False):
+                watched[id(p)] = (name, owners[id(p)])
+    probe = _ReadProbe(watched)
+    hooks = []
+    for module in model.modules():
+        if type(module) is nn.Linear or isinstance(module, _KEPT):
+            hooks.append(module.register_forward_pre_hook(probe.enter))
+            hooks.append(module.register_forward_hook(probe.leave))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), probe:
+            model(_probe_input(model))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return [f"{name} (Linear), whose weight its parent reads directly instead of calling the layer"
+            for name in probe.found]
+
+
+class _ReadProbe(TorchFunctionMode):
+    """Records watched parameters passed to a torch function while none of their owners runs."""
+
+    def __init__(self, watched: dict[int, tuple[str, set[int]]]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.active: list[int] = []
+        self.found: dict[str, None] = {}
+
+    def enter(self, module: nn.Module, args: Any) -> None:
+        self.active.append(id(module))
+
+    def leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.active.pop()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == "__get__":  # .shape, .dtype, .device: metadata, not the weight
+            return func(*args, **kwargs)
+        for leaf in _tensors((args, kwargs)):
+            hit = self.watched.get(id(leaf))
+            if hit is not None and not hit[1].intersection(self.active):
+                self.found.setdefault(hit[0])
+        return func(*args, **kwargs)
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _probe_input(model: nn.Module) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.zeros(1, min(4, model.dims.block_size), dtype=torch.long, device=device)
+
+
+def _smoke(model: nn.Module) -> None:
+    """Run the quantised model once, so a model it broke fails here with a clear line, not later."""
+    if getattr(model, "dims", None) is None:
+        return
+    try:
+        with torch.no_grad(), quiet():
+            model(_probe_input(model))
+    except Exception as err:  # any failure of a rewritten model means: this method does not fit it
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise AptError(f"quant.int8_dynamic produced a model that does not run ({type(err).__name__}: {first}); "
+                       f"use --method bf16 instead") from None
+
+
+def self_test(provider: Any) -> str:
+    """Quantise a small MLP and check its output stays close to the float one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)).eval()
+    x = torch.randn(8, 64)
+    quantized = provider.apply(model)
+    dtype = torch.bfloat16 if provider.name == "bf16" else torch.float32
+    with torch.no_grad(), quiet():
+        ref, out = model(x), quantized(x.to(dtype))
+    error = (out.float() - ref).abs().max().item() / ref.abs().max().item()
+    if error > 0.05:
+        raise AssertionError(f"{provider.name}: relative error {error:.3g} on a small MLP exceeds 0.05")
+    return f"{provider.name}: small MLP within {error:.2%} of fp32"
