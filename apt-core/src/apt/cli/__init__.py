@@ -7,10 +7,12 @@ Only the chosen command's module is imported, so ``apt plugin list`` never loads
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from apt import __version__
 from apt.errors import AptError
@@ -29,6 +31,16 @@ BUILTIN = {
 #: Commands of first-party packages, so that a missing one's error says what to install.
 PACKAGES = {"market": "apt-marketplace", "sandbox": "apt-sandbox", "index": "apt-plugin-retriever",
             "quantize": "apt-plugin-quant", "export": "apt-plugin-quant"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``apt: error:`` line (exit 2) instead of a usage dump.
+
+    For every ``apt`` command, including those plugins add through ``apt.commands``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise AptError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 class _Format(logging.Formatter):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from apt.atomic import atomic_write
+from apt.cli import ArgumentParser
 
 
 def run(command: str, argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="apt errors", description="failures recorded in APT_HOME/errors.db")
+    p = ArgumentParser(prog="apt errors", description="failures recorded in APT_HOME/errors.db")
     sub = p.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="most recent first")
     ls.add_argument("--limit", type=int, default=20)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from apt.cli import ArgumentParser
 from apt.cli.run import checkpoint_args
 from apt.errors import AptError
 from apt.providers import Passage
@@ -42,7 +43,7 @@ def _options(text: str, flag: str) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="apt generate", description="sample text from a checkpoint")
+    p = ArgumentParser(prog="apt generate", description="sample text from a checkpoint")
     checkpoint_args(p)
     p.add_argument("--prompt", default="\n")
     p.add_argument("--max-new-tokens", type=int, default=200)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from apt import config as cfg
+from apt.cli import ArgumentParser
 from apt.errors import AptError
 from apt.providers import KINDS
 from apt.registry import ProviderInfo, default_registry
@@ -19,13 +20,13 @@ from apt.registry import ProviderInfo, default_registry
 
 def run(command: str, argv: Sequence[str]) -> int:
     if command == "plugin":
-        p = argparse.ArgumentParser(prog="apt plugin", description="installed providers")
+        p = ArgumentParser(prog="apt plugin", description="installed providers")
         sub = p.add_subparsers(dest="action", required=True)
         _list_args(sub.add_parser("list", help="every provider with its status"))
         _info_args(sub.add_parser("info", help="one provider's details and config fields"))
         args = p.parse_args(argv)
     else:
-        p = argparse.ArgumentParser(prog=f"apt {command}")
+        p = ArgumentParser(prog=f"apt {command}")
         (_list_args if command == "plugin-list" else _info_args)(p)
         args = p.parse_args(argv)
         args.action = command.removeprefix("plugin-")

@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from apt.cli import ArgumentParser
 from apt.errors import AptError
 
 
@@ -17,7 +18,7 @@ def train(argv: Sequence[str]) -> int:
     from apt.profile import load_profile, split_seed_flags
 
     rest, seed_sets = split_seed_flags(argv)
-    p = argparse.ArgumentParser(prog="apt train", description="train a model from a profile")
+    p = ArgumentParser(prog="apt train", description="train a model from a profile")
     p.add_argument("-p", "--profile", required=True, help="YAML file, or the name of a shipped profile")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a profile value (repeatable); --model.attention_name X also works")
@@ -71,7 +72,7 @@ def checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="apt eval", description="loss and perplexity on a text or JSONL file")
+    p = ArgumentParser(prog="apt eval", description="loss and perplexity on a text or JSONL file")
     checkpoint_args(p)
     p.add_argument("--data", required=True, help="text or JSONL file")
     p.add_argument("--format", choices=["auto", "text", "jsonl"], default="auto")

@@ -10,23 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from apt.cli import ArgumentParser
 from apt.errors import AptError
 
 PROG = "apt index"
 RETRIEVERS = ("bm25", "dense")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one ``apt: error:`` line (exit 2) instead of a usage dump."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise AptError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Build, search and inspect retrieval indexes (retriever.bm25, "
+    p = ArgumentParser(prog=PROG, description="Build, search and inspect retrieval indexes (retriever.bm25, "
                                        "retriever.dense) used by apt generate --index.")
-    sub = p.add_subparsers(dest="action", metavar="build|search|info", parser_class=_Parser)
+    sub = p.add_subparsers(dest="action", metavar="build|search|info", parser_class=ArgumentParser)
     sub.required = True
 
     b = sub.add_parser("build", help="index documents into one file",
