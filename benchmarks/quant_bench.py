@@ -5,7 +5,8 @@ Models, all character-level on tinyshakespeare (``SHARED_DATA``, its last 10% he
 * ``shakespeare_char_sdpa``: the shakespeare_char profile (4 layers, d_model 128, block 64) with
   ``model.attention=sdpa`` (the override its comment documents), trained briefly through apt's Trainer;
 * ``shakespeare_char_tva``: the profile as shipped (Tri-Vein attention), trained the same way; int8_dynamic
-  refuses it (TVA keeps 2-D weights outside nn.Linear), so only bf16 is measured;
+  quantises its inference form (``TriVeinAttention.inference_form()``: the veins folded into plain
+  nn.Linear projections once), so its int8 row also runs the folded layer while fp32 re-folds per forward;
 * ``gpt_20m``: 6 layers, d_model 512, 8 heads, block 256, sdpa (about 19M parameters), short-trained.
 
 Per model and method: saved bytes of the model file (``apt quantize``'s format; fp32 = the same file

@@ -144,18 +144,37 @@ def test_bad_input_gives_one_line_and_exit_2(work, env, int8_dir, tmp_path):
 
 
 def test_unsupported_layer_is_refused_with_the_module_named(work, env):
-    pytest.importorskip("apt_plugin_tva")
+    pytest.importorskip("apt_plugin_moe")
     from apt import checkpoint as ckpt
     from apt.model import ModelBuilder
     from apt.profile import load_profile
     from apt.tokenizers import CharTokenizer
 
-    profile = load_profile("tiny_debug", ["model.n_layer=1", "model.d_model=32", "model.block_size=16"])
+    profile = load_profile("tiny_debug", ["model.n_layer=1", "model.d_model=32", "model.block_size=16",
+                                          "model.router=topk_moe", "providers.router.topk_moe.experts=2",
+                                          "providers.router.topk_moe.top_k=1"])
     tokenizer = CharTokenizer("".join(sorted(set(HELD_OUT))))
     built = ModelBuilder(profile, tokenizer.vocab_size).build()
-    ckpt.save(work / "tva_run", {"step": 1, "profile": profile.to_dict(), "providers": built.providers,
+    ckpt.save(work / "moe_run", {"step": 1, "profile": profile.to_dict(), "providers": built.providers,
                                  "tokenizer": tokenizer.state(), "model": built.model.state_dict()}, keep_last=1)
-    result = run(["quantize", "--checkpoint", "tva_run", "--method", "int8_dynamic", "--out", "tva_int8"],
+    result = run(["quantize", "--checkpoint", "moe_run", "--method", "int8_dynamic", "--out", "moe_int8"],
                  env=env, cwd=work)
-    assert_one_line_error(result, "cannot reach blocks.0.attn (TriVeinAttention)")
-    assert "use --method bf16 instead" in result.stderr and not (work / "tva_int8").exists()
+    assert_one_line_error(result, "cannot reach blocks.0.mlp.router (Linear)")
+    assert "use --method bf16 instead" in result.stderr and not (work / "moe_int8").exists()
+
+
+def test_tri_vein_model_quantises_to_int8_and_generates(work, env):
+    pytest.importorskip("apt_plugin_tva")
+    trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=20", "--set",
+                   "train.eval_interval=20", "--set", f"checkpoint.dir={work / 'tva_run'}"], env=env, cwd=work)
+    assert trained.returncode == 0, trained.stderr
+    result = run(["quantize", "--checkpoint", "tva_run", "--method", "int8_dynamic", "--out", "tva_int8",
+                  "--eval-data", "held_out.txt", "--speed-rounds", "0"], env=env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((work / "tva_int8" / "report.json").read_text())
+    assert report["size"]["ratio"] < 0.8 and report["reload_max_abs_logit_diff"] == 0.0
+    assert abs(report["eval"]["loss_change"]) < 0.05
+    sample = run(["generate", "--checkpoint", "tva_int8", "--prompt", "ROMEO:", "--max-new-tokens", "12"],
+                 env=env, cwd=work)
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("ROMEO:") and "Warning" not in sample.stderr, sample.stderr

@@ -104,12 +104,75 @@ def test_int8_refuses_a_router_that_reads_its_linear_weight():
         quant("int8_dynamic").apply(model)
 
 
-def test_int8_refuses_tri_vein_attention():
+def test_int8_quantises_tri_vein_attention_through_its_inference_form(tmp_path):
     pytest.importorskip("apt_plugin_tva")
-    model, _, _ = build("model.attention=tva")
-    with pytest.raises(AptError, match=r"cannot reach blocks\.0\.attn \(TriVeinAttention\), which holds its 4x16 "
-                                       r"weight 'vein' outside nn\.Linear"):
-        quant("int8_dynamic").apply(model)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from apt_plugin_tva.attention import FoldedTriVein, TriVeinAttention
+
+    model, profile, providers = build("model.attention=tva", "model.bias=true")
+    with torch.no_grad():  # veins away from their orthonormal start, as after training
+        for name, p in model.named_parameters():
+            if name.split(".")[-1] in ("vein", "lift", "normal", "normal_lift"):
+                p.add_(0.1 * torch.randn_like(p))
+    q = quant("int8_dynamic").apply(model)
+    assert not linears(q), "every nn.Linear is replaced"
+    assert isinstance(model.blocks[0].attn, TriVeinAttention), "the model passed in is left as it was"
+    attn = q.blocks[0].attn
+    assert type(attn) is FoldedTriVein
+    assert {n for n, m in attn.named_children() if isinstance(m, DynamicLinear)} == {"in_proj", "value", "out_proj"}
+    assert attn.in_proj.weight().qscheme() == torch.per_channel_affine and "lm_head" in dict(q.named_modules())
+    x = tokens()
+    with torch.no_grad():
+        ref, out = model(x).logits, q(x).logits
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()
+
+    state = {"step": 5, "profile": profile.to_dict(), "providers": providers,
+             "tokenizer": CharTokenizer("abcdefghijklmnopqrst").state(), "model": q.state_dict(),
+             "quant": {"method": "int8_dynamic", "options": {}, "plugin_version": "1.0.0"}}
+    assert {"blocks.0.attn.vein", "blocks.0.attn.lift"} <= set(state["model"])
+    ckpt.save_file(tmp_path / "out" / "model.pt", state)
+    loaded = ckpt.load_model(tmp_path / "out")
+    assert type(loaded.model.blocks[1].attn) is FoldedTriVein
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x).logits, q(x).logits)
+
+
+def test_inference_forms_swaps_only_modules_that_have_one():
+    from apt_plugin_quant.quantize import inference_forms
+
+    class Folded(nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.lin.load_state_dict(layer.lin.state_dict())
+
+        def forward(self, x):
+            return self.lin(x)
+
+    class Foldable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.inner = RawExperts()  # a child of a replaced module is not visited
+
+        def forward(self, x):
+            return self.lin(x)
+
+        def inference_form(self):
+            return Folded(self)
+
+    plain = nn.Sequential(nn.Linear(8, 8))
+    assert inference_forms(plain) is plain
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(Foldable()), Foldable())
+    swapped = inference_forms(model)
+    assert [type(m) for m in (swapped[1][0], swapped[2], model[1][0], model[2])] == [Folded, Folded, Foldable, Foldable]
+    assert type(inference_forms(Foldable())) is Folded
+    q = quant("int8_dynamic").apply(model)
+    assert not linears(q)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        assert (q(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
 
 
 @pytest.mark.parametrize("method", ["int8_dynamic", "bf16"])

@@ -1,15 +1,17 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from apt.config import ConfigError
 from apt.model import ModelBuilder
 from apt.profile import load_profile
 from apt.providers import ModelDims
 from apt.registry import default_registry
-from apt_plugin_tva.attention import TriVeinAttention
+from apt_plugin_tva.attention import FoldedTriVein, TriVeinAttention
 from apt_plugin_tva.provider import TVAConfig, TVAProvider
 
 DIMS = ModelDims(n_layer=1, n_head=4, d_model=64, block_size=16, vocab_size=10)
@@ -94,3 +96,36 @@ def test_default_attention_and_self_test():
     assert built.providers["attention"]["name"] == "tva"
     assert isinstance(built.model.blocks[0].attn, TriVeinAttention)
     assert TVAProvider(TVAConfig()).apt_self_test() == "tva: shape and causality ok"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("r, s, kernel_dim", [(4, 1, None), (3, 2, None), (2, 3, 16), (8, 4, None)])
+def test_inference_form_matches_forward(bias, r, s, kernel_dim):
+    torch.manual_seed(0)
+    dims = dataclasses.replace(DIMS, bias=bias, dropout=0.1)
+    layer = TriVeinAttention(dims, r, s, 0.5, kernel_dim)
+    with torch.no_grad():  # away from the orthonormal start, as after training
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(3, 16, 64)
+    layer.eval()
+    layer.tau = layer.off_plane_ratio(x).median().item()  # compensation on for about half of the tokens
+    folded = layer.inference_form()
+    assert isinstance(folded, FoldedTriVein) and not folded.training
+    assert [type(m) for m in folded.children() if isinstance(m, nn.Linear)] == [nn.Linear] * 3
+    assert not [n for n, p in folded.named_parameters() if not n.split(".")[0] in ("in_proj", "value", "out_proj")]
+    assert {n for n, _ in folded.named_buffers()} == {"vein", "lift"}, "the gate's tensors are saved with the model"
+    assert folded.in_proj.out_features == 4 * (3 * r + s) and folded.out_proj.in_features == 4 * (r + s)
+    assert (folded.in_proj.bias is not None) is bias and (folded.out_proj.bias is not None) is bias
+    ratio = folded.off_plane_ratio(x)
+    assert torch.equal(ratio, layer.off_plane_ratio(x)) and 0 < (ratio > layer.tau).float().mean() < 1
+    with torch.no_grad():
+        assert torch.allclose(folded(x), layer(x), atol=1e-5)
+        assert torch.allclose(folded(x), reference(layer, x), atol=1e-5)
+    state = folded.state_dict()
+    with torch.no_grad():
+        layer.vein.zero_()  # the inference form is a snapshot: later changes to the layer do not reach it
+    again = TriVeinAttention(dims, r, s, layer.tau, kernel_dim).inference_form()
+    again.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(again(x), folded(x)), "a saved inference form reloads into a fresh one"

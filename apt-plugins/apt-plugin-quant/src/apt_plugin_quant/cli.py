@@ -7,23 +7,16 @@ import functools
 import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from apt.cli import ArgumentParser
 from apt.errors import AptError
 
 FORMATS = ("safetensors", "torch-export", "onnx")
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors come out as apt's one-line ``apt: error: ...`` (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise AptError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
 def quantize_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="apt quantize",
+    p = ArgumentParser(prog="apt quantize",
                 description="quantise a trained checkpoint into DIR/model.pt and report size, speed and "
                             "perplexity before and after; apt generate/eval --checkpoint DIR then load it")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file of a float model")
@@ -44,7 +37,7 @@ def quantize_parser() -> argparse.ArgumentParser:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="apt export",
+    p = ArgumentParser(prog="apt export",
                 description="export a checkpoint's model (forward returns logits) and verify the file by "
                             "reloading it outside APT and comparing logits")
     p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or apt quantize directory")

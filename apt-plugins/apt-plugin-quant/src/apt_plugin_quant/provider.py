@@ -28,8 +28,10 @@ class BF16Config:
 class Int8DynamicProvider(QuantProvider):
     """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per call).
 
-    Refuses a model with weights it cannot reach: a 2-D weight outside nn.Linear / nn.Embedding /
-    norm layers, or a Linear whose weight its parent reads directly instead of calling the layer.
+    Modules with an ``inference_form()`` (Tri-Vein attention) are first swapped for it, which puts
+    their folded weights in plain nn.Linear layers. Refuses a model with weights it still cannot reach:
+    a 2-D weight outside nn.Linear / nn.Embedding / norm layers, or a Linear whose weight its parent
+    reads directly instead of calling the layer.
     """
 
     name = "int8_dynamic"

@@ -1,8 +1,13 @@
 """The model rewrites behind ``quant.int8_dynamic`` and ``quant.bf16``.
 
 ``int8_dynamic`` replaces every ``nn.Linear`` by torch's dynamically quantised Linear (int8
-weights, activations quantised on the fly per call). A model whose weights do not all live in
-layers it can replace is refused rather than left mostly fp32: two checks find them,
+weights, activations quantised on the fly per call). First, every module that defines an
+*inference form* is swapped for it (:func:`inference_forms`): ``module.inference_form()`` returns
+an equivalent eval-mode module (same forward, same outputs within float tolerance) whose large
+weights sit in plain ``nn.Linear`` layers called as layers; Tri-Vein attention folds its veins into
+its projections this way. The swap depends only on the model's structure, so a saved quantised
+state dict loads into ``int8_dynamic(freshly built model)``. A model whose weights still do not
+all live in layers it can replace is refused rather than left mostly fp32: two checks find them,
 
 * a floating parameter of two or more dimensions held directly by a module that is not an
   ``nn.Linear``, ``nn.Embedding`` or norm layer (raw expert or projection matrices);
@@ -49,7 +54,8 @@ def quiet() -> Iterator[None]:
 
 
 def int8_dynamic(model: nn.Module, *, per_channel: bool = True, head: bool = True) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` dynamically quantised to int8 (CPU only)."""
+    """A copy of ``model`` (in inference form) with every ``nn.Linear`` dynamically quantised to int8 (CPU only)."""
+    original, model = model, inference_forms(model)
     problems = unsupported_layers(model)
     if problems:
         more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
@@ -59,19 +65,47 @@ def int8_dynamic(model: nn.Module, *, per_channel: bool = True, head: bool = Tru
     if not linears:
         raise AptError(f"quant.int8_dynamic found no nn.Linear layer in {type(model).__name__} to quantise; "
                        f"use --method bf16 instead")
-    was_training = model.training
+    was_training = original.training
     model.eval()
     with quiet():
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
         qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-        quantized = quantize_dynamic(model, {name: qconfig for name in linears}, dtype=torch.qint8, inplace=False)
-    model.train(was_training)
+        quantized = quantize_dynamic(model, {name: qconfig for name in linears}, dtype=torch.qint8,
+                                     inplace=model is not original)  # a copy already: quantise it in place
+    original.train(was_training)
     left = [name for name, m in quantized.named_modules() if type(m) is nn.Linear and (head or name != "lm_head")]
     if left:
         raise AptError(f"quant.int8_dynamic left {left[0]} in fp32; use --method bf16 instead")
     _smoke(quantized)
     return quantized.eval()
+
+
+def inference_forms(model: nn.Module) -> nn.Module:
+    """``model`` with every module that has ``inference_form()`` replaced by its result.
+
+    Returns ``model`` itself when no module has one, else a copy (the model passed in is left as it
+    was). Modules are visited in ``named_modules`` order and a replaced module's children are not
+    visited, so the same architecture always gives the same structure.
+    """
+    if _has_form(model):
+        return model.inference_form()
+    targets = []
+    for name, module in model.named_modules():
+        if name and _has_form(module) and not any(name.startswith(f"{t}.") for t in targets):
+            targets.append(name)
+    if not targets:
+        return model
+    model = copy.deepcopy(model)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, parent.get_submodule(child).inference_form())
+    return model
+
+
+def _has_form(module: nn.Module) -> bool:
+    return callable(getattr(type(module), "inference_form", None))
 
 
 def bf16(model: nn.Module) -> nn.Module:

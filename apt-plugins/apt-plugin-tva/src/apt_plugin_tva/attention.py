@@ -67,8 +67,17 @@ class TriVeinAttention(nn.Module):
         self.normal_lift[:, :k].copy_(basis[:, self.r : self.r + k])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
         H, r, s = self.n_head, self.r, self.s
+        weight, bias = self._folded_in()
+        qr, kr, vr, vn = F.linear(x, weight, bias).split((H * r, H * r, H * r, H * s), dim=-1)
+        gate = (self._off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
+        y = _attend(qr, kr, vr, vn, gate, r, s, self.kernel_dim, self.dropout if self.training else 0.0)
+        return self.resid_dropout(F.linear(y, self._folded_out(), self.proj.bias))
+
+    def _folded_in(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[V W_q; V W_k; V W_v; N (I - U V) W_v]`` per head: the input projection of width H (3r + s)."""
+        C = self.qkv.in_features
+        H = self.n_head
         w = self.qkv.weight.view(3, H, C // H, C)
         b = self.qkv.bias.view(3, H, C // H) if self.qkv.bias is not None else None
         off_plane = self.normal - (self.normal @ self.lift) @ self.vein
@@ -76,30 +85,102 @@ class TriVeinAttention(nn.Module):
         weight = torch.cat([torch.einsum("kd,hdc->hkc", m, w[min(i, 2)]).reshape(-1, C) for i, m in enumerate(maps)])
         bias = None if b is None else torch.cat([torch.einsum("kd,hd->hk", m, b[min(i, 2)]).reshape(-1)
                                                  for i, m in enumerate(maps)])
-        qr, kr, vr, vn = F.linear(x, weight, bias).split((H * r, H * r, H * r, H * s), dim=-1)
-        qr, kr, vr = (t.view(B, T, H, r).transpose(1, 2) for t in (qr, kr, vr))
-        gate = (self._off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
-        vn = vn.view(B, T, H, s).transpose(1, 2) * gate
-        pad_qk = self.kernel_dim - r
-        y = F.scaled_dot_product_attention(
-            F.pad(qr, (0, pad_qk)), F.pad(kr, (0, pad_qk)), F.pad(torch.cat((vr, vn), dim=-1), (0, pad_qk - s)),
-            dropout_p=self.dropout if self.training else 0.0, is_causal=True, scale=1.0 / math.sqrt(r))
+        return weight, bias
+
+    def _folded_out(self) -> torch.Tensor:
+        """``W_o [U M]`` per head: the output projection of input width H (r + s)."""
+        C = self.proj.out_features
+        H = self.n_head
         lifts = torch.cat((self.lift, self.normal_lift), dim=1)
-        w_out = torch.einsum("chd,dk->chk", self.proj.weight.view(C, H, C // H), lifts).reshape(C, H * (r + s))
-        y = y[..., : r + s].transpose(1, 2).reshape(B, T, H * (r + s))
-        return self.resid_dropout(F.linear(y, w_out, self.proj.bias))
+        return torch.einsum("chd,dk->chk", self.proj.weight.view(C, H, C // H), lifts).reshape(C, H * (self.r + self.s))
 
     @torch.no_grad()
     def _off_plane_ratio(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
+        C = x.shape[-1]
         v = F.linear(x, self.qkv.weight[2 * C:], None if self.qkv.bias is None else self.qkv.bias[2 * C:])
-        v = v.view(B, T, self.n_head, C // self.n_head)
-        residual = v - (v @ self.vein.T) @ self.lift.T
-        return (residual.norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).transpose(1, 2)
+        return _off_plane_ratio(v, self.n_head, self.vein, self.lift)
 
     def off_plane_ratio(self, x: torch.Tensor) -> torch.Tensor:
         """Relative off-plane error of every value vector (B, H, T): how much the vein misses."""
         return self._off_plane_ratio(x)
+
+    @torch.no_grad()
+    def inference_form(self) -> FoldedTriVein:
+        """This layer with its projections folded once into plain ``nn.Linear`` layers (eval mode).
+
+        Same forward and outputs (in eval mode); every large weight sits in a Linear that is called
+        as a layer, so weight-rewriting tools (``quant.int8_dynamic``) reach all of them.
+        """
+        return FoldedTriVein(self)
+
+
+class FoldedTriVein(nn.Module):
+    """The inference form of :class:`TriVeinAttention`: its folded projections as ``nn.Linear`` layers.
+
+    ``in_proj`` (C -> H (3r + s)) holds ``[V W_q; V W_k; V W_v; N (I - U V) W_v]``, ``value`` (C -> C)
+    the value rows of ``qkv`` (the gate's value vectors), ``out_proj`` (H (r + s) -> C) holds
+    ``W_o [U M]`` and the output bias. ``vein`` and ``lift`` (r x d_head, for the gate) are buffers.
+    The weights are computed once, from the layer's parameters when it is built; training goes
+    through :class:`TriVeinAttention`.
+    """
+
+    def __init__(self, layer: TriVeinAttention) -> None:
+        super().__init__()
+        C, H, r, s = layer.qkv.in_features, layer.n_head, layer.r, layer.s
+        self.n_head, self.r, self.s, self.tau = H, r, s, layer.tau
+        self.kernel_dim, self.dropout = layer.kernel_dim, layer.dropout
+        bias = layer.qkv.bias is not None
+        device, dtype = layer.qkv.weight.device, layer.qkv.weight.dtype
+        with torch.no_grad():
+            weight, in_bias = layer._folded_in()
+            self.in_proj = nn.Linear(C, H * (3 * r + s), bias=bias, device=device, dtype=dtype)
+            self.in_proj.weight.copy_(weight)
+            self.value = nn.Linear(C, C, bias=bias, device=device, dtype=dtype)
+            self.value.weight.copy_(layer.qkv.weight[2 * C:])
+            if bias:
+                self.in_proj.bias.copy_(in_bias)
+                self.value.bias.copy_(layer.qkv.bias[2 * C:])
+            self.out_proj = nn.Linear(H * (r + s), C, bias=layer.proj.bias is not None, device=device, dtype=dtype)
+            self.out_proj.weight.copy_(layer._folded_out())
+            if layer.proj.bias is not None:
+                self.out_proj.bias.copy_(layer.proj.bias)
+        self.register_buffer("vein", layer.vein.detach().clone())
+        self.register_buffer("lift", layer.lift.detach().clone())
+        self.resid_dropout = nn.Dropout(layer.dropout)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, r, s = self.n_head, self.r, self.s
+        qr, kr, vr, vn = self.in_proj(x).split((H * r, H * r, H * r, H * s), dim=-1)
+        gate = (self.off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
+        y = _attend(qr, kr, vr, vn, gate, r, s, self.kernel_dim, self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.out_proj(y))
+
+    @torch.no_grad()
+    def off_plane_ratio(self, x: torch.Tensor) -> torch.Tensor:
+        """Relative off-plane error of every value vector (B, H, T), as TriVeinAttention computes it."""
+        return _off_plane_ratio(self.value(x), self.n_head, self.vein, self.lift)
+
+
+def _off_plane_ratio(v: torch.Tensor, n_head: int, vein: torch.Tensor, lift: torch.Tensor) -> torch.Tensor:
+    B, T, C = v.shape
+    v = v.view(B, T, n_head, C // n_head)
+    residual = v - (v @ vein.T) @ lift.T
+    return (residual.norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).transpose(1, 2)
+
+
+def _attend(qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, vn: torch.Tensor, gate: torch.Tensor, r: int,
+            s: int, kernel_dim: int, dropout_p: float) -> torch.Tensor:
+    """One fused causal attention over the vein (r) and gated normal (s) paths: (B, T, H (r + s))."""
+    B, T, _ = qr.shape
+    H = gate.shape[1]
+    qr, kr, vr = (t.view(B, T, H, r).transpose(1, 2) for t in (qr, kr, vr))
+    vn = vn.view(B, T, H, s).transpose(1, 2) * gate
+    pad_qk = kernel_dim - r
+    y = F.scaled_dot_product_attention(
+        F.pad(qr, (0, pad_qk)), F.pad(kr, (0, pad_qk)), F.pad(torch.cat((vr, vn), dim=-1), (0, pad_qk - s)),
+        dropout_p=dropout_p, is_causal=True, scale=1.0 / math.sqrt(r))
+    return y[..., : r + s].transpose(1, 2).reshape(B, T, H * (r + s))
 
 
 def self_test(config: Any) -> str:
