@@ -150,6 +150,16 @@ class RetrieverProvider(Provider):
         ...
 
 
+class Voter(Protocol):
+    """What :meth:`VoterProvider.build` returns: the decision whether to vote at all."""
+
+    def entropy(self, probs: list[float]) -> float:
+        """Entropy in nats of a next-token distribution."""
+
+    def should_vote(self, probs: list[float], threshold: float | None = None) -> bool:
+        """Whether the model is unsure enough (entropy above ``threshold``) to be worth K samples."""
+
+
 class VoterProvider(Provider):
     """Chooses among sampled candidates (self-consistency).
 
@@ -163,7 +173,7 @@ class VoterProvider(Provider):
     vote_hook: ClassVar[str]
 
     @abstractmethod
-    def build(self) -> Any:
+    def build(self) -> Voter:
         ...
 
 

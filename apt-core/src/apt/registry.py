@@ -25,7 +25,7 @@ from apt.providers import BASES, KINDS, Provider
 log = logging.getLogger("apt")
 
 GROUP = "apt.providers"
-DEFAULTS = {"attention": "tva", "ffn": "dense"}
+DEFAULTS = {"attention": "tva", "ffn": "dense", "retriever": "bm25", "voter": "self_consistency"}
 FALLBACKS = {"attention": "sdpa"}
 #: Kinds every model needs; the others are optional and may be left out with a warning.
 REQUIRED_KINDS = ("attention", "ffn")

@@ -16,8 +16,9 @@ from typing import Any
 
 from apt.cli import ArgumentParser
 from apt.cli.run import checkpoint_args
-from apt.errors import AptError
+from apt.errors import AptError, ConfigError
 from apt.providers import Passage
+from apt.registry import DEFAULTS, default_registry
 from apt.tokenizers import Tokenizer
 
 log = logging.getLogger("apt")
@@ -90,7 +91,7 @@ def generate(argv: Sequence[str]) -> int:
     say = _printer(args.json)
     prompt, evidence = args.prompt, None
     if args.index is not None:
-        name = args.retriever or "bm25"
+        name = args.retriever or DEFAULTS["retriever"]
         options = dict(profile.provider_options("retriever", name))
         if args.embedding_model:
             options["embedding_model"] = args.embedding_model
@@ -135,15 +136,16 @@ def _vote(args: argparse.Namespace, loaded: Any, prompt: str, common: dict[str, 
     from apt.generate import next_token_probs, sample
     from apt.isolation import call_data_hook
 
-    options = {**loaded.profile.provider_options("voter", "self_consistency"), **_options(args.vote, "--vote")}
-    provider = _provider("voter", "self_consistency", options, "--vote")
+    name = DEFAULTS["voter"]
+    options = {**loaded.profile.provider_options("voter", name), **_options(args.vote, "--vote")}
+    provider = _provider("voter", name, options, "--vote")
     voter, config = provider.build(), provider.config
     threshold = args.vote_threshold
     source = "--vote-threshold"
     if threshold is None and "vote_threshold" in loaded.state.get("schedule", {}):
         threshold, source = loaded.state["schedule"]["vote_threshold"], "the checkpoint's vote_threshold schedule"
     if threshold is None:
-        threshold, source = config.vote_threshold, "providers.voter.self_consistency.vote_threshold"
+        threshold, source = config.vote_threshold, f"providers.voter.{name}.vote_threshold"
     if threshold is not None:
         probs = next_token_probs(loaded.model, loaded.tokenizer, prompt, device=args.device)
         entropy = report["entropy"] = voter.entropy(probs)
@@ -196,9 +198,6 @@ def fit_passages(augment: Any, tokenizer: Tokenizer, prompt: str, passages: list
 
 def _provider(kind: str, name: str, options: dict[str, Any], flag: str) -> Any:
     """The provider instance, with config errors blamed on the flag (or the profile) they came from."""
-    from apt.errors import ConfigError
-    from apt.registry import default_registry
-
     try:
         return default_registry().make(kind, name, options)
     except ConfigError as err:
