@@ -11,12 +11,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from apt.timing import interleave, paired_ratio
+
+__all__ = ["SHARED_DATA", "arguments", "interleave", "paired_ratio", "timed", "write"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -27,21 +30,6 @@ def arguments(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per comparison")
     return p
-
-
-def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Call each variant once per round, in rotating order; each call returns one measurement."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name].append(variants[name]())
-    return samples
-
-
-def paired_ratio(samples: dict[str, list[float]], num: str, den: str) -> float:
-    """Median over rounds of samples[num][i] / samples[den][i]."""
-    return statistics.median(a / b for a, b in zip(samples[num], samples[den]))
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> float:

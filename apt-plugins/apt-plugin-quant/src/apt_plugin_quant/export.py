@@ -25,6 +25,7 @@ from torch import nn
 
 from apt import __version__ as apt_version
 from apt import checkpoint as ckpt
+from apt.atomic import fsync_dir
 from apt.errors import AptError, CheckpointError, RunError
 
 SAFETENSORS_FORMAT = "apt-safetensors"
@@ -83,7 +84,7 @@ def run_export(args: argparse.Namespace) -> int:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     print(f"exported {loaded.path} -> {out} ({args.format}, {out.stat().st_size:,} bytes)")
     traced_note = "" if args.format == "safetensors" else f"; traced on batch {traced[0]} x {traced[1]} tokens"
     print(f"verified: reloaded with {VERIFIED_BY[args.format]}, max abs logit diff {diff:.2e} vs PyTorch on "
@@ -214,10 +215,3 @@ def _tokens(model: nn.Module, batch: int, length: int, seed: int = 0) -> torch.T
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.dims.vocab_size, (batch, length), generator=gen)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from apt.generate import evaluate_tokens, sample
+from apt.timing import interleave, paired_ratio
 
 
 def saved_bytes(state: dict[str, Any]) -> int:
@@ -20,16 +21,6 @@ def saved_bytes(state: dict[str, Any]) -> int:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getbuffer().nbytes
-
-
-def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Call each variant once per round, in rotating order (A B, B A, ...); each call returns one sample."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name].append(variants[name]())
-    return samples
 
 
 def generation_speed(models: dict[str, torch.nn.Module], tokenizer: Any, *, prompt: str, tokens: int,
@@ -55,8 +46,7 @@ def generation_speed(models: dict[str, torch.nn.Module], tokenizer: Any, *, prom
     return {
         "tokens": tokens, "rounds": rounds, "prompt": prompt,
         "median_tokens_per_s": {name: statistics.median(s) for name, s in samples.items()},
-        "ratio_vs_" + base: {name: statistics.median(a / b for a, b in zip(s, samples[base], strict=True))
-                             for name, s in samples.items() if name != base},
+        "ratio_vs_" + base: {name: paired_ratio(samples, name, base) for name in samples if name != base},
         "samples_tokens_per_s": samples,
     }
 
