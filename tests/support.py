@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
 #: A model small enough to train in seconds on two cores.
 SMALL = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
          "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "train.eval_iters=2",

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,16 @@ def apt_home(tmp_path, monkeypatch):
     home = tmp_path / "apt_home"
     monkeypatch.setenv("APT_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def env(apt_home) -> dict[str, str]:
+    """Environment for ``apt`` subprocesses: the test's APT_HOME, unbuffered, no inherited PYTHONPATH."""
+    e = dict(os.environ)
+    e["APT_HOME"] = str(apt_home)
+    e["PYTHONUNBUFFERED"] = "1"
+    e.pop("PYTHONPATH", None)
+    return e
 
 
 @pytest.fixture

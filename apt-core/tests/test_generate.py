@@ -70,6 +70,12 @@ def test_fit_passages_drops_characters_the_model_never_saw():
 class _Shift(torch.nn.Module):
     """An aligner's evidence view in its simplest form: move the hidden state towards the evidence."""
 
+    def provide_evidence(self, evidence):
+        self.evidence = evidence
+
+    def take_evidence(self):
+        return self.__dict__.pop("evidence", None)
+
     def evidence_view(self, hidden, evidence, lm_head):
         mixed = hidden + 4.0 * evidence[:, None, :]
         return Output(lm_head(mixed), mixed)

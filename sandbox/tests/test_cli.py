@@ -91,7 +91,8 @@ def test_python_dash_m_uses_the_same_main():
 def test_validate_command(tmp_path, capsys):
     site = tmp_path / "site"
     (site / "tiny_plugin").mkdir(parents=True)
-    (site / "tiny_plugin" / "__init__.py").write_text("def apt_self_test():\n    return 'tiny ok'\n")
+    (site / "tiny_plugin" / "__init__.py").write_text(
+        "from apt.hookspecs import hookimpl\n\n@hookimpl\ndef apt_train_start(trainer):\n    pass\n")
     info = site / "apt_plugin_tiny-0.0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: apt-plugin-tiny\nVersion: 0.0.1\n")
@@ -99,6 +100,6 @@ def test_validate_command(tmp_path, capsys):
     assert main(["validate", str(site), "apt-plugin-tiny"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True
-    assert report["entries"][0]["detail"] == "tiny ok"
+    assert report["entries"][0]["detail"] == "hooks match apt.hookspecs"
     assert main(["validate", str(tmp_path / "missing"), "apt-plugin-tiny"]) == 2
     assert capsys.readouterr().err.startswith("apt sandbox: error: SITE_DIR")

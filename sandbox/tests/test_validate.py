@@ -13,78 +13,92 @@ from apt_sandbox import EntryReport, Limits, ValidationReport, validate_plugin
 GOOD = """
 from dataclasses import dataclass
 
+from apt.providers import AttentionProvider, FFNProvider
 
-class TriVein:
-    kind = "attention"
+
+class TriVein(AttentionProvider):
     name = "tva"
 
     @dataclass
     class Config:
         r: int = 4
 
-    def __init__(self, config):
-        self.config = config
+    def build(self, dims, layer):
+        raise NotImplementedError
 
-    def apt_self_test(self):
+    def self_test(self):
         assert self.config.r == 4
         return "tva ok"
 
 
-class NoSelfTest:
-    kind = "ffn"
+class NoSelfTest(FFNProvider):
     name = "plain"
 
     @dataclass
     class Config:
         width: int = 8
 
-    def __init__(self, config):
-        self.config = config
+    def build(self, dims, layer):
+        raise NotImplementedError
 """
 
 HOOKS = """
-def apt_self_test():
-    return None
+from apt.hookspecs import hookimpl
+
+
+@hookimpl
+def apt_step_end(metrics):
+    metrics["seen"] = True
 """
 
 BAD = """
 from dataclasses import dataclass
 
+from apt.providers import AttentionProvider, RouterProvider, VoterProvider
 
-class WrongName:
-    kind = "attention"
+
+class WrongName(AttentionProvider):
     name = "something_else"
 
-    @dataclass
-    class Config:
-        size: int = 1
-
-    def __init__(self, config):
-        self.config = config
+    def build(self, dims, layer):
+        raise NotImplementedError
 
 
-class NoConfig:
-    kind = "router"
+class NoConfig(RouterProvider):
     name = "noconfig"
+    Config = None
+
+    def build(self, dims, layer, make_ffn):
+        raise NotImplementedError
 
 
-class FailingTest:
-    kind = "voter"
+class FailingTest(VoterProvider):
     name = "broken"
+    vote_hook = "bad_plugin.providers:not_a_class"
 
     @dataclass
     class Config:
         size: int = 1
 
-    def __init__(self, config):
-        self.config = config
+    def build(self):
+        raise NotImplementedError
 
-    def apt_self_test(self):
+    def self_test(self):
         raise RuntimeError("self-test failed on purpose")
+
+
+class NotAProvider:
+    kind = "ffn"
+    name = "duck"
 
 
 def not_a_class():
     return 1
+"""
+
+UNKNOWN_HOOK = """
+def apt_not_a_hook(trainer):
+    return None
 """
 
 NEEDS_CORE = """
@@ -92,10 +106,19 @@ import apt_core_dependency_that_is_not_installed
 """
 
 SPIN = """
-def apt_self_test():
-    n = 0
-    while True:
-        n += 1
+from apt.providers import FFNProvider
+
+
+class Spin(FFNProvider):
+    name = "spin"
+
+    def build(self, dims, layer):
+        raise NotImplementedError
+
+    def self_test(self):
+        n = 0
+        while True:
+            n += 1
 """
 
 
@@ -128,7 +151,7 @@ def test_good_plugin_validates(tmp_path):
         good_hooks = good_plugin.hooks
 
         [console_scripts]
-        ignored = good_plugin.hooks:apt_self_test
+        ignored = good_plugin.hooks:apt_step_end
         """,
     )
     report = validate_plugin(site, "apt-plugin-good", Limits(wall_seconds=30))
@@ -139,8 +162,9 @@ def test_good_plugin_validates(tmp_path):
     by_name = {e.name: e for e in report.entries}
     assert set(by_name) == {"attention.tva", "ffn.plain", "good_hooks"}
     assert by_name["attention.tva"].detail == "tva ok"
-    assert by_name["ffn.plain"].detail == "no apt_self_test"
+    assert by_name["ffn.plain"].detail == "no self-test"
     assert by_name["good_hooks"].group == "apt.plugins"
+    assert by_name["good_hooks"].detail == "hooks match apt.hookspecs"
     assert report.isolation["seccomp"] in (True, False)
     json.dumps(report.to_dict())
 
@@ -150,15 +174,19 @@ def test_bad_entries_are_reported_individually(tmp_path):
         tmp_path,
         "apt-plugin-bad",
         "0.1.0",
-        {"bad_plugin.providers": BAD, "bad_plugin.core": NEEDS_CORE},
+        {"bad_plugin.providers": BAD, "bad_plugin.core": NEEDS_CORE, "bad_plugin.hooks": UNKNOWN_HOOK},
         """
         [apt.providers]
         attention.tva = bad_plugin.providers:WrongName
         router.noconfig = bad_plugin.providers:NoConfig
         voter.broken = bad_plugin.providers:FailingTest
         quant.func = bad_plugin.providers:not_a_class
+        ffn.duck = bad_plugin.providers:NotAProvider
         retriever.core = bad_plugin.core:Thing
         badname = bad_plugin.providers:WrongName
+
+        [apt.plugins]
+        unknown = bad_plugin.hooks
         """,
     )
     report = validate_plugin(site, "apt-plugin-bad", Limits(wall_seconds=30))
@@ -167,7 +195,9 @@ def test_bad_entries_are_reported_individually(tmp_path):
     details = {e.name: e for e in report.entries}
     assert all(e.status == "error" for e in report.entries)
     assert "something_else" in details["attention.tva"].detail
-    assert "no Config" in details["router.noconfig"].detail
+    assert "Config must be a dataclass" in details["router.noconfig"].detail
+    assert "not a subclass of apt.providers.FFNProvider" in details["ffn.duck"].detail
+    assert "apt_not_a_hook" in details["unknown"].detail
     assert "self-test failed on purpose" in details["voter.broken"].detail
     assert "must point at a class" in details["quant.func"].detail
     assert "ModuleNotFoundError" in details["retriever.core"].detail
@@ -177,7 +207,8 @@ def test_bad_entries_are_reported_individually(tmp_path):
 
 def test_hanging_self_test_times_out(tmp_path):
     site = make_site(
-        tmp_path, "apt-plugin-spin", "1.0.0", {"spin_plugin.hooks": SPIN}, "[apt.plugins]\nspin = spin_plugin.hooks\n"
+        tmp_path, "apt-plugin-spin", "1.0.0", {"spin_plugin.providers": SPIN},
+        "[apt.providers]\nffn.spin = spin_plugin.providers:Spin\n"
     )
     report = validate_plugin(site, "apt-plugin-spin", Limits(wall_seconds=2, cpu_seconds=30))
     assert report.status == "timeout"

@@ -30,6 +30,7 @@ from apt import config as cfg
 from apt.atomic import atomic_write
 from apt.errors import AptError, CheckpointError, ConfigError
 from apt.profile import Profile
+from apt.providers import MODEL_KINDS, QuantProvider
 from apt.registry import PACKAGES, Registry, default_registry
 from apt.tokenizers import Tokenizer, tokenizer_from_state
 
@@ -158,7 +159,7 @@ def rebuild(state: dict[str, Any], file: Path, *, registry: Registry | None = No
     profile = profile_of(state, file)
     tokenizer = tokenizer_from_state(state["tokenizer"])
     pinned = {f"model.{kind}": info["name"] for kind, info in state.get("providers", {}).items()
-              if kind in ("attention", "ffn", "router", "align")}
+              if kind in MODEL_KINDS}
     profile = cfg.build(Profile, _with(profile.to_dict(), pinned))
     try:
         built = ModelBuilder(profile, tokenizer.vocab_size, registry=registry, strict=True).build()
@@ -181,15 +182,12 @@ def _quantized(model: torch.nn.Module, recipe: Any, file: Path, registry: Regist
         raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}: pip install {package}")
     try:
         provider = registry.make("quant", method, recipe.get("options") or {})
+        assert isinstance(provider, QuantProvider)
     except AptError as err:
         raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which cannot load it: "
                               f"{err}") from None
-    devices = getattr(provider, "devices", None)
-    if devices and torch.device(device).type not in devices:
-        raise CheckpointError(f"checkpoint {file} is quantised with quant.{method}, which runs on "
-                              f"{' or '.join(devices)} only: pass --device {devices[0]}")
     try:
-        return provider.apply(model)
+        return provider.restore(model, device)
     except AptError as err:
         raise CheckpointError(f"cannot rebuild the quantised model of {file}: {err}") from None
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from apt.data import sequential_windows, window_batch
+from apt.model import LanguageModel
+from apt.providers import EvidenceAligner
 from apt.tokenizers import Tokenizer
 
 
@@ -95,10 +97,10 @@ def evidence_vector(model: torch.nn.Module, tokenizer: Tokenizer, texts: list[st
     return torch.cat(states).mean(dim=0, keepdim=True) if states else None
 
 
-def _aligner(model: torch.nn.Module) -> torch.nn.Module | None:
-    extras = getattr(model, "extras", {})
+def _aligner(model: torch.nn.Module) -> EvidenceAligner | None:
+    extras = model.extras if isinstance(model, LanguageModel) else {}
     aligner = extras["align"] if "align" in extras else None
-    return aligner if hasattr(aligner, "evidence_view") else None
+    return aligner if isinstance(aligner, EvidenceAligner) else None
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apt.errors import ConfigError
+from apt.errors import ConfigError, ProviderError
 from apt.profile import Profile
-from apt.providers import ModelDims, Provider
+from apt.providers import MODEL_KINDS, ModelDims, Provider, ResidualOutput, SelfInitialised, Switchable
 from apt.registry import Registry, Resolution, default_registry
 
 
@@ -92,8 +92,7 @@ class ModelBuilder:
 
     def resolve(self) -> dict[str, Resolution]:
         m = self.profile.model
-        requests = {"attention": m.attention, "ffn": m.ffn, "router": m.router, "align": m.align}
-        return {kind: self.registry.resolve(kind, name, strict=self.strict) for kind, name in requests.items()}
+        return {kind: self.registry.resolve(kind, getattr(m, kind), strict=self.strict) for kind in MODEL_KINDS}
 
     def build(self) -> BuiltModel:
         resolutions = self.resolve()
@@ -119,14 +118,12 @@ class ModelBuilder:
                 mlp = ffn.build(dims, layer)
             blocks.append(Block(dims, attn, mlp))
             for provider, module in ((attention, attn), (ffn, mlp), (router, mlp)):
-                if provider is not None and provider.switch:
-                    switches.setdefault(provider.switch, []).append(module)
+                _add_switch(switches, provider, module)
         extras = {}
         align = instances.get("align")
         if align is not None:
             extras["align"] = align.build(dims)
-            if align.switch:
-                switches.setdefault(align.switch, []).append(extras["align"])
+            _add_switch(switches, align, extras["align"])
         model = LanguageModel(dims, blocks, extras)
         init_weights(model)
         used = {kind: {"name": res.name, "version": res.info.version, "distribution": res.info.distribution}
@@ -135,17 +132,27 @@ class ModelBuilder:
         return BuiltModel(model, used, {f"{p.kind}.{p.name}": p for p in instances.values()}, switches, warnings)
 
 
+def _add_switch(switches: dict[str, list[nn.Module]], provider: Provider | None, module: nn.Module) -> None:
+    if provider is None or not provider.switch:
+        return
+    if not isinstance(module, Switchable):
+        raise ProviderError(f"{provider.kind}.{provider.name} declares curriculum switch {provider.switch!r} but "
+                            f"its module {type(module).__name__} has no 'enabled' attribute "
+                            f"(see apt.providers.Switchable)")
+    switches.setdefault(provider.switch, []).append(module)
+
+
 def init_weights(model: LanguageModel) -> None:
     """GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layer).
 
-    Modules a provider initialised itself (``apt_init_done``) are left alone.
+    Modules a provider initialised itself (:class:`apt.providers.SelfInitialised`) are left alone.
     """
     residual_std = 0.02 / math.sqrt(2 * model.dims.n_layer)
     for module in model.modules():
-        if getattr(module, "apt_init_done", False):
+        if isinstance(module, SelfInitialised) and module.apt_init_done:
             continue
         if isinstance(module, nn.Linear):
-            std = residual_std if getattr(module, "apt_residual", False) else 0.02
+            std = residual_std if isinstance(module, ResidualOutput) and module.apt_residual else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -37,13 +37,22 @@ class PluginHost:
         self._on_failure = on_failure
 
     def register(self, plugin: object, name: str) -> None:
+        """Register ``plugin``'s hooks; an ``apt_*`` callable that is not a valid hook is an error.
+
+        pluggy alone would skip an undecorated ``apt_step_end`` silently, and accept a typo'd
+        hook name until ``check_pending``: both are refused here, naming the fix.
+        """
         for attr in dir(plugin):
-            if attr.startswith("apt_"):
-                opts = self.pm.parse_hookimpl_opts(plugin, attr) or {}
-                if opts.get("hookwrapper") or opts.get("wrapper"):
-                    raise ValueError(f"plugin {name!r}: hook wrappers are not supported ({attr})")
+            if not attr.startswith("apt_") or not callable(getattr(plugin, attr, None)):
+                continue
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                raise ValueError(f"plugin {name!r}: {attr} is not decorated with @apt.hookimpl")
+            if opts.get("hookwrapper") or opts.get("wrapper"):
+                raise ValueError(f"plugin {name!r}: hook wrappers are not supported ({attr})")
+            if not hasattr(hookspecs, attr):
+                raise ValueError(f"plugin {name!r}: {attr} is not an apt hook (see apt.hookspecs)")
         self.pm.register(plugin, name=name)
-        self.pm.check_pending()
 
     def load_entry_points(self) -> None:
         """Register hook-only plugins from the ``apt.plugins`` entry-point group."""

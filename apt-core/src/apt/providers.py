@@ -1,13 +1,19 @@
-"""Provider interfaces: the seven kinds of part a model or a generation run is assembled from.
+"""The provider contract: the kinds of part a model or a generation run is assembled from.
 
 A provider is a small class registered under the entry-point group ``apt.providers`` as
 ``"<kind>.<name>" = "module:Class"``. It declares ``kind``, ``name`` and a ``Config``
-dataclass (every field has a default, bounds in :func:`apt.config.option`) and builds the
-heavy object on demand.
+dataclass (every field has a default, bounds in :func:`apt.config.option`); the registry
+builds the config once from the profile's ``providers.<kind>.<name>`` section and hands it to
+the provider whole (``self.config``), and the provider builds the heavy object on demand.
 
 Contract that keeps discovery cheap: a provider's module must not import torch (or any other
 heavy library) at import time; ``build`` imports what it needs. ``apt plugin list`` imports
 provider classes to validate them and must still start in a fraction of a second.
+
+Optional behaviour is declared through the capability Protocols at the end of this module
+(:class:`Switchable`, :class:`ResidualOutput`, :class:`SelfInitialised`,
+:class:`HasInferenceForm`, :class:`EvidenceAligner`); the kernel checks for them with
+``isinstance``, never by probing attribute names.
 
 A provider *instance* may also implement ``apt_*`` hooks (see :mod:`apt.hookspecs`); the model
 builder registers it with the plugin manager once, under the name ``"<kind>.<name>"``.
@@ -15,16 +21,23 @@ builder registers it with the plugin manager once, under the name ``"<kind>.<nam
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from apt.errors import ConfigError, ProviderError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
+#: Every provider kind, in the order listings show them.
 KINDS = ("attention", "ffn", "router", "align", "retriever", "voter", "quant")
+#: The kinds a model is assembled from (the profile's ``model.<kind>`` keys); the rest serve generation.
+MODEL_KINDS = ("attention", "ffn", "router", "align")
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,19 @@ class Provider(ABC):
         self.config = config
 
     def check(self, dims: ModelDims) -> None:
-        """Validate the config against the model's shape; raise :class:`apt.errors.ConfigError`."""
+        """Validate the config against the model's shape; raise :class:`apt.errors.ConfigError`.
+
+        The key of the error is relative to this provider's config (``"r"``, not
+        ``"providers.attention.tva.r"``): the builder prefixes it with the profile path.
+        """
+
+    def self_test(self) -> str | None:
+        """A quick check that the provider works on this machine: raise on failure.
+
+        Run inside apt-sandbox when a plugin is validated (install, publish). Returns a one-line
+        summary, or None for a provider without a self-test.
+        """
+        return None
 
 
 class AttentionProvider(Provider):
@@ -181,10 +206,24 @@ class QuantProvider(Provider):
     """Rewrites a trained model for cheaper inference."""
 
     kind = "quant"
+    #: Device types the rewritten model runs on; empty means any.
+    devices: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def apply(self, model: nn.Module) -> nn.Module:
         ...
+
+    def restore(self, model: nn.Module, device: str) -> nn.Module:
+        """``model`` (freshly built, float) rewritten so a quantised checkpoint's state dict loads into it.
+
+        What :func:`apt.checkpoint.load_model` calls for a checkpoint written by ``apt quantize``;
+        override it when loading needs more than :meth:`apply`.
+        """
+        wanted = device.split(":")[0]
+        if self.devices and wanted not in self.devices:
+            raise ProviderError(f"quant.{self.name} runs on {' or '.join(self.devices)} only: "
+                                f"pass --device {self.devices[0]}")
+        return self.apply(model)
 
 
 BASES: dict[str, type[Provider]] = {
@@ -192,3 +231,87 @@ BASES: dict[str, type[Provider]] = {
     for cls in (AttentionProvider, FFNProvider, RouterProvider, AlignProvider,
                 RetrieverProvider, VoterProvider, QuantProvider)
 }
+
+
+def check_provider_class(obj: object, entry_name: str) -> type[Provider]:
+    """``obj`` checked against the contract of the entry point ``entry_name`` (``"<kind>.<name>"``).
+
+    The one check every gate runs (the registry when it loads a provider, the sandbox when it
+    validates a plugin, the conformance suite): the class implements the interface of its kind,
+    declares the entry's name, and its default config validates. Raises :class:`ProviderError`.
+    """
+    kind, _, name = entry_name.partition(".")
+    if kind not in BASES or not name:
+        raise ProviderError(f"entry point name {entry_name!r} must be '<kind>.<name>' with kind in "
+                            f"{', '.join(KINDS)}")
+    base = BASES[kind]
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise ProviderError(f"{obj!r} is not a subclass of apt.providers.{base.__name__}")
+    if obj.name != name:
+        raise ProviderError(f"class declares name {obj.name!r}, but its entry point is {entry_name!r}")
+    if not (isinstance(obj.Config, type) and dataclasses.is_dataclass(obj.Config)):
+        raise ProviderError(f"{obj.__name__}.Config must be a dataclass (fields made with apt.config.option)")
+    try:
+        obj.Config()
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ProviderError(f"its default config does not validate: {err}") from None
+    return obj
+
+
+# -- capabilities: optional behaviour a provider's modules declare -------------------------------
+
+
+@runtime_checkable
+class Switchable(Protocol):
+    """A module the curriculum turns on and off (``schedules.enable_<switch>_at_epoch``).
+
+    Built from the start (so checkpoints and optimizer groups stay stable), it must act as what
+    its slot held before while ``enabled`` is False (MoE: the dense FFN; an aligner: no loss). The
+    provider names the switch in :attr:`Provider.switch`; the trainer sets ``enabled``.
+    """
+
+    enabled: bool
+
+
+@runtime_checkable
+class ResidualOutput(Protocol):
+    """A ``Linear`` that writes into the residual stream: initialised with std 0.02/sqrt(2 n_layer)."""
+
+    apt_residual: bool
+
+
+@runtime_checkable
+class SelfInitialised(Protocol):
+    """A module that initialised its own weights: the builder's GPT-2 initialisation leaves it alone."""
+
+    apt_init_done: bool
+
+
+@runtime_checkable
+class HasInferenceForm(Protocol):
+    """A module with an equivalent inference-only form whose weights sit in plain ``nn.Linear`` layers.
+
+    Quantisers swap it in first so they can reach every weight (Tri-Vein attention folds its
+    projections once instead of on every forward).
+    """
+
+    def inference_form(self) -> nn.Module:
+        ...
+
+
+@runtime_checkable
+class EvidenceAligner(Protocol):
+    """An aligner (``model.extras["align"]``) that mixes retrieved evidence into the hidden states.
+
+    Generation conditions every sampling step on ``evidence_view``; a retriever hands evidence
+    to training through ``provide_evidence`` and the aligner's hook takes it once per batch.
+    """
+
+    def provide_evidence(self, evidence: torch.Tensor) -> None:
+        ...
+
+    def take_evidence(self) -> torch.Tensor | None:
+        ...
+
+    def evidence_view(self, hidden: torch.Tensor, evidence: torch.Tensor, lm_head: nn.Module) -> Any:
+        """The aligned state (``.hidden``, ``.logits``) for hidden (B, T, C) and evidence (B, C)."""

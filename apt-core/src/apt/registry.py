@@ -19,8 +19,8 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from apt import config as cfg
-from apt.errors import ConfigError, ProviderError
-from apt.providers import BASES, KINDS, Provider
+from apt.errors import ProviderError
+from apt.providers import KINDS, Provider, check_provider_class
 
 log = logging.getLogger("apt")
 
@@ -182,19 +182,10 @@ class Registry:
             last = traceback.format_exception_only(type(err), err)[-1].strip()
             raise ProviderError(f"{info.key} from {info.distribution} is broken: cannot import "
                                 f"{info.value}: {last}") from None
-        base = BASES[info.kind]
-        if not (isinstance(obj, type) and issubclass(obj, base)):
-            raise ProviderError(f"{info.key} from {info.distribution} is broken: {info.value} "
-                                f"is not a subclass of apt.providers.{base.__name__}")
-        if obj.name != info.name:
-            raise ProviderError(f"{info.key} from {info.distribution} is broken: class declares "
-                                f"name {obj.name!r}")
         try:
-            obj.Config()
-        except (ConfigError, TypeError, ValueError) as err:
-            raise ProviderError(f"{info.key} from {info.distribution} is broken: its default "
-                                f"config does not validate: {err}") from None
-        return obj
+            return check_provider_class(obj, info.key)
+        except ProviderError as err:
+            raise ProviderError(f"{info.key} from {info.distribution} is broken: {err}") from None
 
 
 def _install_hint(key: str) -> str:

@@ -28,7 +28,8 @@ from apt import checkpoint as ckpt
 from apt.data import Batches, load_corpus, seed_for
 from apt.errors import AptError, CheckpointError, PluginHookError, RunError
 from apt.metrics import MetricsLog
-from apt.model import ModelBuilder, cross_entropy, set_switch
+from apt.hookspecs import TrainerView
+from apt.model import LanguageModel, ModelBuilder, cross_entropy, set_switch
 from apt.plugins import PluginHost
 from apt.profile import Profile
 from apt.registry import Registry
@@ -74,8 +75,58 @@ def pick_device(name: str, dist: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+class RunView:
+    """The :class:`apt.hookspecs.TrainerView` hooks receive: read-only access to one trainer."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    @property
+    def step(self) -> int:
+        return self._trainer.step
+
+    @property
+    def epoch(self) -> int:
+        return self._trainer.schedule.epoch
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._trainer.schedule
+
+    @property
+    def model(self) -> LanguageModel:
+        return self._trainer.model
+
+    @property
+    def profile(self) -> Profile:
+        return self._trainer.profile
+
+    @property
+    def run_dir(self) -> Path:
+        return self._trainer.run_dir
+
+    @property
+    def run_id(self) -> str:
+        return self._trainer.run_id
+
+    @property
+    def device(self) -> torch.device:
+        return self._trainer.device
+
+    @property
+    def rank(self) -> int:
+        return self._trainer.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._trainer.dist.world
+
+    def say(self, text: str) -> None:
+        self._trainer.say(text)
+
+
 class Trainer:
-    """Owns one run. Plugins see it as ``trainer`` in every hook (step, epoch, schedule, model...)."""
+    """Owns one run. Plugins never see it: hooks get its :class:`RunView` (``self.view``)."""
 
     def __init__(self, profile: Profile, *, registry: Registry | None = None, strict: bool = False,
                  resume: str | None = None, echo: Callable[[str], None] = print) -> None:
@@ -120,6 +171,7 @@ class Trainer:
         self.stop_reason = ""
         self._error_store: Any = None
 
+        self.view: TrainerView = RunView(self)
         self.host = PluginHost(required=self._required_plugins(), on_failure=self._record_failure)
         for key, instance in self.built.instances.items():
             if any(attr.startswith("apt_") for attr in dir(instance)):
@@ -197,7 +249,7 @@ class Trainer:
         self.evals_since_best = state["evals_since_best"]
         self.run_id = state["run_id"]
         for name, plugin_state in state.get("plugins", {}).items():
-            self.host.call_one(name, "apt_load_state_dict", trainer=self, state=plugin_state)
+            self.host.call_one(name, "apt_load_state_dict", trainer=self.view, state=plugin_state)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -209,7 +261,7 @@ class Trainer:
                  + ", ".join(f"{k} {v['name']}" for k, v in self.built.providers.items())
                  + f" | {self.steps_per_epoch} steps per epoch, {self.schedule.total_epochs} epochs")
         bar = self._progress()
-        self.host.call("apt_train_start", trainer=self)
+        self.host.call("apt_train_start", trainer=self.view)
         try:
             self.schedule.step = self.step
             self._apply_switches()
@@ -229,7 +281,7 @@ class Trainer:
                     improved = self._evaluate_and_log()
                 epoch_done = self.step % self.steps_per_epoch == 0 or last or bool(self.stop_reason)
                 if epoch_done:
-                    self.host.call("apt_epoch_end", trainer=self, epoch=self.schedule.epoch_of(self.step),
+                    self.host.call("apt_epoch_end", trainer=self.view, epoch=self.schedule.epoch_of(self.step),
                                    metrics=dict(self.last_metrics))
                 if self.step % self.profile.checkpoint.every == 0 or last or self.stop_reason or improved:
                     self.save_checkpoint(best=improved)
@@ -247,7 +299,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            self.host.call("apt_train_end", trainer=self)
+            self.host.call("apt_train_end", trainer=self.view)
             self.metrics.close()
         return TrainResult(self.step, self.best_val_loss, self.last_metrics, self.stop_reason, self.run_dir)
 
@@ -274,7 +326,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         batch = self._batch(0)
-        self.host.call("apt_step_start", trainer=self, step=step, batch=batch)
+        self.host.call("apt_step_start", trainer=self.view, step=step, batch=batch)
         loss_sum = torch.zeros((), device=self.device)
         aux_sums: dict[str, torch.Tensor] = {}
         for micro in range(t.grad_accum):
@@ -285,7 +337,7 @@ class Trainer:
                 out = self._forward(batch[0])
                 loss = cross_entropy(out.logits, batch[1])
                 total = loss
-                for name, extra in self.host.call_each("apt_extra_losses", trainer=self, batch=batch,
+                for name, extra in self.host.call_each("apt_extra_losses", trainer=self.view, batch=batch,
                                                        outputs=out).items():
                     value = _as_loss(extra)
                     if value is None:
@@ -309,7 +361,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         tokens = t.batch_size * t.grad_accum * self.profile.model.block_size * self.dist.world
         metrics["tokens_per_s"] = tokens / max(1e-9, time.perf_counter() - started)
-        self.host.call("apt_step_end", trainer=self, step=step, metrics=metrics)
+        self.host.call("apt_step_end", trainer=self.view, step=step, metrics=metrics)
         self.step = step
         self.last_metrics = metrics
         self.metrics.write("step", metrics)
@@ -346,7 +398,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best_val_loss": self.best_val_loss,
             "evals_since_best": self.evals_since_best,
-            "plugins": self.host.call_each("apt_state_dict", trainer=self),
+            "plugins": self.host.call_each("apt_state_dict", trainer=self.view),
             "schedule": self.schedule.snapshot(),
         }
         return ckpt.save(self.run_dir, state, keep_last=self.profile.checkpoint.keep_last,
@@ -382,7 +434,7 @@ class Trainer:
                            else f"{k}={v:.4g}" for k, v in state.items())
         self.say(f"epoch {epoch}/{self.schedule.total_epochs} (steps {first}-{last})" + (f" | {shown}" if shown else ""))
         self.metrics.write("epoch", {"step": self.step, "epoch": epoch, **state})
-        self.host.call("apt_epoch_start", trainer=self, epoch=epoch)
+        self.host.call("apt_epoch_start", trainer=self.view, epoch=epoch)
 
     def _evaluate_and_log(self) -> bool:
         result = self.evaluate()

@@ -121,4 +121,4 @@ def test_config_checks_and_alias():
 def test_provider_import_leaves_torch_alone_and_self_test_passes():
     code = "import sys, apt_plugin_align.provider; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-    assert BistateProvider(BistateConfig()).apt_self_test().startswith("bistate:")
+    assert BistateProvider(BistateConfig()).self_test().startswith("bistate:")

@@ -112,7 +112,7 @@ def test_flash_attn_is_looked_up_lazily_and_cached():
 
 
 def test_self_test():
-    assert FlashV2Provider(FlashV2Provider.Config()).apt_self_test().startswith("flash_v2: matches sdpa")
+    assert FlashV2Provider(FlashV2Provider.Config()).self_test().startswith("flash_v2: matches sdpa")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -97,4 +97,4 @@ def test_config_validation_and_self_test():
         default_registry().make("router", "topk_moe", {"experts": 2, "top_k": 3})
     with pytest.raises(ConfigError, match="capacity_factor: expected a value > 0"):
         default_registry().make("router", "topk_moe", {"capacity_factor": 0})
-    assert TopKMoEProvider(TopKMoEConfig()).apt_self_test() == "topk_moe: routing matches the reference"
+    assert TopKMoEProvider(TopKMoEConfig()).self_test() == "topk_moe: routing matches the reference"

@@ -199,7 +199,7 @@ def test_quantised_file_reloads_through_load_model(tmp_path, method):
 def test_registered_self_tested_and_torch_free_at_import():
     for method in ("int8_dynamic", "bf16"):
         assert default_registry().info("quant", method).distribution == "apt-plugin-quant"
-        assert quant(method).apt_self_test().startswith(f"{method}: small MLP within")
+        assert quant(method).self_test().startswith(f"{method}: small MLP within")
     code = ("import sys, apt_plugin_quant.provider, apt_plugin_quant.cli; "
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -160,4 +160,4 @@ def test_no_documents_and_self_test(tmp_path):
         bm25().build_index([], tmp_path / "e.idx")
     assert not (tmp_path / "e.idx").exists()
     provider = default_registry().make("retriever", "bm25", {})
-    assert provider.apt_self_test() == "bm25: index, search and round-trip ok"
+    assert provider.self_test() == "bm25: index, search and round-trip ok"

@@ -95,7 +95,7 @@ def test_default_attention_and_self_test():
     built = ModelBuilder(profile, 10).build()
     assert built.providers["attention"]["name"] == "tva"
     assert isinstance(built.model.blocks[0].attn, TriVeinAttention)
-    assert TVAProvider(TVAConfig()).apt_self_test() == "tva: shape and causality ok"
+    assert TVAProvider(TVAConfig()).self_test() == "tva: shape and causality ok"
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -54,7 +54,7 @@ def test_provider_config_and_self_test():
     voter = provider.build()
     assert voter.vote(["7", "seven is 7", "8"]).normalised == "7"
     assert voter.should_vote([0.5, 0.5], threshold=0.1)
-    assert provider.apt_self_test() == "self_consistency: voting ok"
+    assert provider.self_test() == "self_consistency: voting ok"
     with pytest.raises(ConfigError, match="providers.voter.self_consistency.k: expected a value >= 1"):
         default_registry().make("voter", "self_consistency", {"k": 0})
 

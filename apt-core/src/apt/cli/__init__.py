@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -71,8 +72,26 @@ def _usage(external: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+#: What a shell reports for a process killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; a reader that goes away early (``apt plugin list | head -1``) ends it quietly."""
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python ignores SIGPIPE, so the closed pipe surfaces here and again when the interpreter
+        # flushes stdout at exit; pointing stdout at devnull silences that second report.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _main(args: list[str]) -> int:
     _setup_logging()
     external = _external()
     if not args or args[0] in ("-h", "--help"):

@@ -1,4 +1,4 @@
-"""``apt plugin list|info``: what providers are installed, usable, and configurable how.
+"""``apt plugin list|info|new``: what providers are installed and how to configure them, and a new one.
 
 Imports provider classes (torch-free by contract) to report broken ones; never imports torch.
 """
@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from apt import config as cfg
@@ -24,7 +25,13 @@ def run(command: str, argv: Sequence[str]) -> int:
         sub = p.add_subparsers(dest="action", required=True)
         _list_args(sub.add_parser("list", help="every provider with its status"))
         _info_args(sub.add_parser("info", help="one provider's details and config fields"))
+        new = sub.add_parser("new", help="scaffold a provider package that passes its own tests")
+        new.add_argument("kind", choices=KINDS)
+        new.add_argument("name", help="provider name, a lower-case identifier (the profile key model.KIND=NAME)")
+        new.add_argument("--dir", type=Path, help="folder to create (default ./apt-plugin-NAME)")
         args = p.parse_args(argv)
+        if args.action == "new":
+            return scaffold(args)
     else:
         p = ArgumentParser(prog=f"apt {command}")
         (_list_args if command == "plugin-list" else _info_args)(p)
@@ -112,6 +119,19 @@ def info(args: argparse.Namespace) -> int:
             print(f"  {c['name']}: {c['type']} = {_show(c['default'])}{doc}")
     else:
         print("config: none")
+    return 0
+
+
+def scaffold(args: argparse.Namespace) -> int:
+    from apt.scaffold import Names, write
+
+    names = Names(args.kind, args.name)
+    folder = args.dir or Path(names.distribution)
+    files = write(args.kind, args.name, folder)
+    print(f"wrote {names.distribution} ({args.kind}.{args.name}) to {folder}:")
+    for path in files:
+        print(f"  {path.relative_to(folder)}")
+    print(f"next: cd {folder} && pip install -e '.[test]' && pytest && apt plugin info {args.kind} {args.name}")
     return 0
 
 

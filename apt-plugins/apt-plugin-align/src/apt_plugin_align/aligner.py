@@ -28,6 +28,8 @@ class AlignState(NamedTuple):
 
 
 class BistateAligner(nn.Module):
+    vein: torch.Tensor
+
     def __init__(self, d_model: int, r: int, *, alpha: float, beta: float, tau: float) -> None:
         super().__init__()
         if not 1 <= r <= d_model:

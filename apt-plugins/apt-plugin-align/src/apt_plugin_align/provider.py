@@ -11,9 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from apt.config import ConfigError, option
-from apt.hookspecs import hookimpl
-from apt.providers import AlignProvider, ModelDims
+from apt import AlignProvider, ConfigError, ModelDims, hookimpl, option
 
 if TYPE_CHECKING:
     import torch
@@ -127,8 +125,7 @@ class BistateProvider(AlignProvider):
         self._terms.clear()
         self._weight = None
 
-    @hookimpl
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         from apt_plugin_align.selftest import self_test
 
         return self_test(self.config)

@@ -1,4 +1,4 @@
-"""Install-time check of the bistate loss (run by the sandbox through ``apt_self_test``)."""
+"""Install-time check of the bistate loss (run by the sandbox through ``Provider.self_test``)."""
 
 from __future__ import annotations
 

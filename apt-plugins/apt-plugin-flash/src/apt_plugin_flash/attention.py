@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from apt.builtin.layers import CausalSelfAttention
+from apt import CausalSelfAttention
 from apt_plugin_flash.kernels import flash_blocker, load_flash_attn, warn_once
 
 

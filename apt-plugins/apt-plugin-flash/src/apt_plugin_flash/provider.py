@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apt.hookspecs import hookimpl
-from apt.providers import AttentionProvider, ModelDims
+from apt import AttentionProvider, ModelDims
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,8 +20,7 @@ class FlashV2Provider(AttentionProvider):
 
         return FlashAttention(dims)
 
-    @hookimpl
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         from apt_plugin_flash.selftest import self_test
 
         return self_test()

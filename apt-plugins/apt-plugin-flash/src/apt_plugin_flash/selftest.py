@@ -1,11 +1,10 @@
-"""Install-time check (run by the sandbox through ``apt_self_test``)."""
+"""Install-time check (run by the sandbox through ``Provider.self_test``)."""
 
 from __future__ import annotations
 
 import torch
 
-from apt.builtin.layers import CausalSelfAttention
-from apt.providers import ModelDims
+from apt import CausalSelfAttention, ModelDims
 from apt_plugin_flash.attention import FlashAttention
 
 

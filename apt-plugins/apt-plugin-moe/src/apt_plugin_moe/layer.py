@@ -2,8 +2,9 @@
 
 Dispatch is grouped: the k assignments of every token are sorted by expert (first choices ahead
 of second choices, tokens in order), each expert runs once on its contiguous slice, and the
-weighted outputs are scatter-added back. An expert over capacity drops its lowest-priority
-assignments; a token that loses all of them passes through the block's residual unchanged.
+weighted outputs are scatter-added back. In training, an expert over capacity drops its
+lowest-priority assignments; a token that loses all of them passes through the block's residual
+unchanged. In eval no assignment is dropped, which keeps the layer causal for generation.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class MoELayer(nn.Module):
         counts = torch.bincount(expert_of, minlength=E)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(N * k, device=flat.device) - starts[expert_of[order]]
-        capacity = math.ceil(self.capacity_factor * N * k / E)
+        # Capacity is a training-time budget; in eval nothing is dropped, so a token's output never
+        # depends on later tokens (or other rows) competing for its expert.
+        capacity = math.ceil(self.capacity_factor * N * k / E) if self.training else N * k
         kept = order[rank < capacity]
         kept_counts = counts.clamp(max=capacity)
 
@@ -75,7 +78,7 @@ class MoELayer(nn.Module):
         sizes = kept_counts.tolist()
         out = torch.zeros_like(flat)
         for e, (chunk, idx, w) in enumerate(zip(flat.index_select(0, tokens).split(sizes), tokens.split(sizes),
-                                                weights.split(sizes))):
+                                                weights.split(sizes), strict=True)):
             if chunk.shape[0]:
                 y = self.experts[e](chunk.unsqueeze(0)).squeeze(0)
                 out = out.index_add(0, idx, (y * w).to(flat.dtype))

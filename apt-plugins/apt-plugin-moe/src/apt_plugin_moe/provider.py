@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from apt.config import ConfigError, option
-from apt.hookspecs import hookimpl
-from apt.providers import ModelDims, RouterProvider
+from apt import ConfigError, ModelDims, RouterProvider, hookimpl, option
 
 if TYPE_CHECKING:
     from torch import nn
@@ -103,7 +101,7 @@ class TopKMoEProvider(RouterProvider):
     def apt_load_state_dict(self, state: dict[str, Any]) -> None:
         self.upcycled = bool(state.get("upcycled", False))
 
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         from apt_plugin_moe.selftest import routing_matches_reference
 
         return routing_matches_reference(self.config)

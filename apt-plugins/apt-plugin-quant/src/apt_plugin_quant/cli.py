@@ -8,8 +8,7 @@ import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from apt.cli import ArgumentParser
-from apt.errors import AptError
+from apt import AptError, ArgumentParser
 
 FORMATS = ("safetensors", "torch-export", "onnx")
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")

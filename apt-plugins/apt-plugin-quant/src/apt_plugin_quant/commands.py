@@ -12,10 +12,7 @@ import numpy as np
 import torch
 import yaml
 
-from apt import checkpoint as ckpt
-from apt.atomic import atomic_write
-from apt.errors import AptError, RunError
-from apt.registry import default_registry
+from apt import MODEL_FILE, AptError, RunError, atomic_write, checkpoint_dir, default_registry, load_model, save_file
 from apt_plugin_quant import __version__
 from apt_plugin_quant.measure import generation_speed, held_out_loss, saved_bytes
 
@@ -44,11 +41,11 @@ def run_quantize(args: argparse.Namespace) -> int:
         raise AptError(f"--method {args.method} runs on {' or '.join(devices)} only: pass --device {devices[0]}")
     if args.out.exists() and not args.out.is_dir():
         raise AptError(f"--out {args.out} is a file: pass a directory to write model.pt and report.json to")
-    if ckpt.checkpoint_dir(args.out).is_dir():
+    if checkpoint_dir(args.out).is_dir():
         raise AptError(f"--out {args.out} is a training run directory: write the quantised model beside it, "
                        f"e.g. --out {args.out / args.method}")
 
-    loaded = ckpt.load_model(args.checkpoint, device=args.device)
+    loaded = load_model(args.checkpoint, device=args.device)
     if loaded.state.get("quant"):
         source = loaded.state.get("source", "the float checkpoint")
         raise AptError(f"{loaded.path} is already quantised with quant.{loaded.state['quant'].get('method')}: "
@@ -59,14 +56,14 @@ def run_quantize(args: argparse.Namespace) -> int:
     quantized = provider.apply(loaded.model)
     recipe = {"method": provider.name, "options": dataclasses.asdict(provider.config), "plugin_version": __version__}
     kept = {key: loaded.state[key] for key in KEPT_KEYS if key in loaded.state}
-    path = ckpt.save_file(args.out / ckpt.MODEL_FILE, {**kept, "model": quantized.state_dict(), "quant": recipe,
+    path = save_file(args.out / MODEL_FILE, {**kept, "model": quantized.state_dict(), "quant": recipe,
                                                        "source": str(loaded.path)})
-    reloaded = ckpt.load_model(args.out, device=args.device).model
+    reloaded = load_model(args.out, device=args.device).model
     reload_diff = _max_logit_diff(quantized, reloaded, args.device)
     if reload_diff > 1e-5:
         raise RunError(f"{path} does not reload to the model just quantised (max abs logit diff {reload_diff:.3g}); "
                        f"report this with the checkpoint")
-    float_bytes = saved_bytes({"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, **kept,
+    float_bytes = saved_bytes({**kept,
                                "model": loaded.model.state_dict()})
     report: dict[str, Any] = {
         "checkpoint": str(loaded.path), "model_file": str(path), "method": provider.name,
@@ -98,7 +95,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def _eval_ids(args: argparse.Namespace, tokenizer: Any) -> np.ndarray:
-    from apt.data import read_chunks
+    from apt import read_chunks
 
     ids: list[int] = []
     for chunk in read_chunks(args.eval_data, "auto", args.jsonl_field, "--eval-data"):

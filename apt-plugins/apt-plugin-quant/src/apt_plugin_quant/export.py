@@ -23,10 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from apt import AptError, CheckpointError, Loaded, RunError, fsync_dir, load_model, rebuild
 from apt import __version__ as apt_version
-from apt import checkpoint as ckpt
-from apt.atomic import fsync_dir
-from apt.errors import AptError, CheckpointError, RunError
 
 SAFETENSORS_FORMAT = "apt-safetensors"
 SUFFIX = {"safetensors": "safetensors", "torch-export": "pt2", "onnx": "onnx"}
@@ -47,7 +45,7 @@ class LogitsOnly(nn.Module):
 
 
 def run_export(args: argparse.Namespace) -> int:
-    loaded = ckpt.load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint)
     _check_exportable(loaded, args.format)
     model = loaded.model.eval()
     block = model.dims.block_size
@@ -92,7 +90,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_exportable(loaded: ckpt.Loaded, fmt: str) -> None:
+def _check_exportable(loaded: Loaded, fmt: str) -> None:
     quant = loaded.state.get("quant")
     if not quant:
         return
@@ -109,7 +107,7 @@ def _check_exportable(loaded: ckpt.Loaded, fmt: str) -> None:
 
 # -- safetensors -------------------------------------------------------------------------------
 
-def save_safetensors(loaded: ckpt.Loaded, path: Path) -> None:
+def save_safetensors(loaded: Loaded, path: Path) -> None:
     """Weights (the tied head stored once) plus what rebuilds the model, as string metadata."""
     from safetensors.torch import save_model
 
@@ -140,7 +138,7 @@ def load_safetensors(path: str | Path, *, device: str = "cpu") -> tuple[nn.Modul
     state = {"profile": json.loads(meta["profile"]), "tokenizer": json.loads(meta["tokenizer"]),
              "providers": json.loads(meta.get("providers", "{}")),
              "quant": json.loads(meta["quant"]) if "quant" in meta else None}
-    model, tokenizer, _ = ckpt.rebuild(state, path, device=device)
+    model, tokenizer, _ = rebuild(state, path, device=device)
     load_model(model, str(path), strict=True, device=device)
     return model.to(device).eval(), tokenizer
 

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from apt.generate import evaluate_tokens, sample
-from apt.timing import interleave, paired_ratio
+from apt import evaluate_tokens, interleave, paired_ratio, sample
 
 
 def saved_bytes(state: dict[str, Any]) -> int:

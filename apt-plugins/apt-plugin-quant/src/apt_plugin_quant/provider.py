@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from apt.config import option
-from apt.providers import QuantProvider
+from apt import QuantProvider, option
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,7 +43,7 @@ class Int8DynamicProvider(QuantProvider):
 
         return int8_dynamic(model, per_channel=self.config.per_channel, head=self.config.head)
 
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         from apt_plugin_quant.quantize import self_test
 
         return self_test(self)
@@ -61,7 +60,7 @@ class BF16Provider(QuantProvider):
 
         return bf16(model)
 
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         from apt_plugin_quant.quantize import self_test
 
         return self_test(self)

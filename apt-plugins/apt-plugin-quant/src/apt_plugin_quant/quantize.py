@@ -24,13 +24,13 @@ import copy
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from apt.errors import AptError
+from apt import AptError, HasInferenceForm
 
 #: Layers that consume their own weights in their own forward and stay as they are.
 _KEPT = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm,
@@ -90,7 +90,7 @@ def inference_forms(model: nn.Module) -> nn.Module:
     """
     if _has_form(model):
         return model.inference_form()
-    targets = []
+    targets: list[str] = []
     for name, module in model.named_modules():
         if name and _has_form(module) and not any(name.startswith(f"{t}.") for t in targets):
             targets.append(name)
@@ -100,11 +100,14 @@ def inference_forms(model: nn.Module) -> nn.Module:
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, parent.get_submodule(child).inference_form())
+        module = parent.get_submodule(child)
+        if _has_form(module):
+            setattr(parent, child, module.inference_form())
     return model
 
 
-def _has_form(module: nn.Module) -> bool:
+def _has_form(module: nn.Module) -> TypeGuard[HasInferenceForm]:
+    """Looked up on the class, so a submodule or buffer that happens to be called ``inference_form`` is no form."""
     return callable(getattr(type(module), "inference_form", None))
 
 

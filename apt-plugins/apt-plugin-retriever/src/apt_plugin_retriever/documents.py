@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from apt.errors import AptError
-from apt.providers import Document
+from apt import AptError, Document
 
 SUFFIXES = (".txt", ".md", ".jsonl")
 DEFAULT_MAX_CHARS = 600
@@ -84,7 +83,8 @@ def chunk_lines(lines: list[tuple[int, str]], max_chars: int) -> Iterator[tuple[
             line = line[cut:].lstrip()
         if line:
             pieces.append((lineno, line))
-    start, buf, size = 0, [], 0
+    buf: list[str] = []
+    start, size = 0, 0
     for lineno, piece in pieces:
         if buf and size + 1 + len(piece) > max_chars:
             yield start, "\n".join(buf)

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from apt.atomic import atomic_write
-from apt.errors import AptError
+from apt import AptError, atomic_write
 
 FORMAT = "apt-retrieval-index"
 FORMAT_VERSION = 1

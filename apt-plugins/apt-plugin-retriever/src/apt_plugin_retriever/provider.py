@@ -10,8 +10,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from apt.config import option, require
-from apt.providers import Passage, RetrieverProvider
+from apt import Passage, RetrieverProvider, option, require
 
 DEFAULT_TEMPLATE = "{passages}\n{prompt}"
 DEFAULT_PASSAGE_TEMPLATE = "{text}\n"
@@ -96,11 +95,11 @@ class Bm25Provider(RetrieverProvider):
 
         return Bm25Retriever(self.config)
 
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         import tempfile
         from pathlib import Path
 
-        from apt.providers import Document
+        from apt import Document
 
         retriever = self.build()
         docs = [Document("the cat sat on the mat", "a:1"), Document("dogs chase cats", "b:1"),

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apt.providers import ModelDims
+from apt import ModelDims
 
 
 def default_kernel_dim(r: int, s: int) -> int:
@@ -45,7 +45,7 @@ class TriVeinAttention(nn.Module):
         d_head = dims.d_head
         self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
         self.proj = nn.Linear(dims.d_model, dims.d_model, bias=dims.bias)
-        self.proj.apt_residual = True
+        self.proj.apt_residual = True  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
         self.resid_dropout = nn.Dropout(dims.dropout)
         self.vein = nn.Parameter(torch.empty(r, d_head))
         self.lift = nn.Parameter(torch.empty(d_head, r))
@@ -124,6 +124,9 @@ class FoldedTriVein(nn.Module):
     through :class:`TriVeinAttention`.
     """
 
+    vein: torch.Tensor
+    lift: torch.Tensor
+
     def __init__(self, layer: TriVeinAttention) -> None:
         super().__init__()
         C, H, r, s = layer.qkv.in_features, layer.n_head, layer.r, layer.s
@@ -137,7 +140,7 @@ class FoldedTriVein(nn.Module):
             self.in_proj.weight.copy_(weight)
             self.value = nn.Linear(C, C, bias=bias, device=device, dtype=dtype)
             self.value.weight.copy_(layer.qkv.weight[2 * C:])
-            if bias:
+            if in_bias is not None:
                 self.in_proj.bias.copy_(in_bias)
                 self.value.bias.copy_(layer.qkv.bias[2 * C:])
             self.out_proj = nn.Linear(H * (r + s), C, bias=layer.proj.bias is not None, device=device, dtype=dtype)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from apt.config import ConfigError, option
-from apt.providers import AttentionProvider, ModelDims
+from apt import AttentionProvider, ConfigError, ModelDims, option
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +39,7 @@ class TVAProvider(AttentionProvider):
         c = self.config
         return TriVeinAttention(dims, c.r, c.s, c.tau, c.kernel_dim)
 
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         from apt_plugin_tva.attention import self_test
 
         return self_test(self.config)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from apt.config import option
-from apt.providers import VoterProvider
+from apt import VoterProvider, option
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class SelfConsistencyProvider(VoterProvider):
     def build(self) -> SelfConsistencyVoter:
         return SelfConsistencyVoter(self.config)
 
-    def apt_self_test(self) -> str:
+    def self_test(self) -> str:
         result = self.build().vote(["42", " 42 ", "41"], [-1.0, -2.0, -0.5])
         if self.config.normalise != "exact" and result.normalised != "42":
             raise AssertionError(f"majority of ['42', ' 42 ', '41'] came out as {result.normalised!r}")

@@ -73,9 +73,10 @@ def _vote(candidates: list[str], logprobs: Sequence[float] | None, how: Normalis
         groups.setdefault(normalise(text, how), []).append(i)
     top = max(len(members) for members in groups.values())
     tied = [key for key, members in groups.items() if len(members) == top]
-    broken = len(tied) > 1 and logprobs is not None
-    if broken:
-        winner_key = max(tied, key=lambda key: sum(logprobs[i] for i in groups[key]) / len(groups[key]))
+    scores = logprobs if len(tied) > 1 else None
+    broken = scores is not None
+    if scores is not None:
+        winner_key = max(tied, key=lambda key: sum(scores[i] for i in groups[key]) / len(groups[key]))
     else:
         winner_key = tied[0]
     members = groups[winner_key]

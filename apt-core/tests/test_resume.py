@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from support import BIN, SMALL, kill_after_steps, run
+from core_cli import BIN, SMALL, kill_after_steps, run
 
 ARGS = ["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=160", "--set", "train.eval_interval=40",
         "--set", "checkpoint.every=7", "--set", "train.threads=1"]

@@ -4,7 +4,7 @@ import json
 import re
 import sys
 
-from support import BIN, SMALL, assert_one_line_error, run
+from core_cli import BIN, SMALL, assert_one_line_error, run
 
 
 def test_train_generate_eval(tmp_path, env):

@@ -1,0 +1,377 @@
+"""The provider conformance suite: what every provider must do, checked the way the kernel uses it.
+
+Each ``check_*`` function raises ``AssertionError`` naming the broken promise; :func:`check_provider`
+runs them all. The checks build the provider through a registry that holds only it and the
+core's built-ins, so they work before the package is installed, and run any training in a
+temporary ``APT_HOME`` so a user's caches and error store are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apt import config as cfg
+from apt.errors import AptError, ProviderError
+from apt.providers import (
+    MODEL_KINDS,
+    EvidenceAligner,
+    HasInferenceForm,
+    ModelDims,
+    Provider,
+    QuantProvider,
+    RetrieverProvider,
+    Switchable,
+    VoterProvider,
+    check_provider_class,
+)
+from apt.registry import GROUP, Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: Shapes every model-part provider is built for: several widths, head counts and depths.
+DIMS = (
+    ModelDims(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=11),
+    ModelDims(n_layer=1, n_head=4, d_model=64, block_size=8, vocab_size=7),
+    ModelDims(n_layer=3, n_head=1, d_model=48, block_size=12, vocab_size=5),
+)
+_BUILTINS = {"attention.sdpa": "apt.builtin.providers:SDPAProvider", "ffn.dense": "apt.builtin.providers:DenseFFNProvider"}
+_CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+
+
+def check_provider(provider: type[Provider], options: Mapping[str, Any] | None = None,
+                   dims: tuple[ModelDims, ...] = DIMS) -> None:
+    """Every check below, in order; ``options`` configure the provider as a profile would."""
+    check_torch_free_import(provider)
+    check_declaration(provider)
+    check_config_fields(provider)
+    check_self_test(provider, options)
+    check_behaviour(provider, options, dims)
+    if provider.kind in MODEL_KINDS:
+        check_trains(provider, options)
+
+
+def check_behaviour(provider: type[Provider], options: Mapping[str, Any] | None = None,
+                    dims: tuple[ModelDims, ...] = DIMS) -> None:
+    """What the provider builds does its kind's job: modules for model parts, the service object otherwise."""
+    if provider.kind in MODEL_KINDS:
+        check_modules(provider, options, dims)
+    elif issubclass(provider, RetrieverProvider):
+        check_retriever(provider, options)
+    elif issubclass(provider, VoterProvider):
+        check_voter(provider, options)
+    elif issubclass(provider, QuantProvider):
+        check_quant(provider, options)
+
+
+def check_torch_free_import(provider: type[Provider]) -> None:
+    """Importing the provider's module in a fresh interpreter must not import torch (``apt plugin list``)."""
+    module = provider.__module__
+    code = f"import importlib, sys; importlib.import_module({module!r}); sys.exit(3 if 'torch' in sys.modules else 0)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 3, (f"importing {module} imports torch: import it inside build() (or under "
+                                  f"TYPE_CHECKING) so apt plugin list stays fast")
+    assert proc.returncode == 0, f"importing {module} fails in a fresh interpreter:\n{proc.stderr.strip()}"
+
+
+def check_declaration(provider: type[Provider]) -> None:
+    """kind, name and Config pass the kernel's own contract check (the registry's and the sandbox's)."""
+    try:
+        check_provider_class(provider, f"{getattr(provider, 'kind', '?')}.{getattr(provider, 'name', '?')}")
+    except ProviderError as err:
+        raise AssertionError(f"{provider.__name__}: {err}") from None
+    assert provider.name.isidentifier() and provider.name == provider.name.lower(), (
+        f"{provider.__name__}.name {provider.name!r} must be a lower-case identifier (it is a profile key)")
+    assert provider.sandbox in ("allowed", "required"), (
+        f"{provider.__name__}.sandbox must be 'allowed' or 'required', got {provider.sandbox!r}")
+
+
+def check_config_fields(provider: type[Provider]) -> None:
+    """Every config field has a default, a doc, and numeric fields declare bounds (apt.config.option)."""
+    hints = typing.get_type_hints(provider.Config)
+    for f in dataclasses.fields(provider.Config):
+        where = f"{provider.__name__}.Config.{f.name}"
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        assert has_default, f"{where} has no default: every option must work unset"
+        assert f.metadata.get("doc"), f"{where} has no doc: declare it with option(default, doc='...')"
+        if _numeric(hints[f.name]):
+            bounds = [b for b in ("ge", "gt", "le", "lt") if f.metadata.get(b) is not None]
+            assert bounds, f"{where} is numeric but declares no bounds: option(default, ge=..., le=..., doc=...)"
+
+
+def check_self_test(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
+    """``self_test()`` passes with the given config and returns a one-line summary or None."""
+    outcome = _instance(provider, options).self_test()
+    assert outcome is None or (isinstance(outcome, str) and "\n" not in outcome.strip()), (
+        f"{provider.__name__}.self_test() must return one line of text or None, got {outcome!r}")
+
+
+def check_modules(provider: type[Provider], options: Mapping[str, Any] | None = None,
+                  dims: tuple[ModelDims, ...] = DIMS) -> None:
+    """Built modules: shapes, finite forward and backward, determinism, state-dict and ``torch.save``
+    round trips, causality, and the capabilities they declare."""
+    import torch
+
+    instance = _instance(provider, options)
+    for d in dims:
+        instance.check(d)
+        torch.manual_seed(0)
+        module = _build(instance, d)
+        torch.manual_seed(0)
+        twin = _build(instance, d)
+        torch.manual_seed(1)
+        other = _build(instance, d)
+        name = f"{provider.__name__} built for {d}"
+        _assert_same_state(module, twin, f"{name}: two builds under one seed differ")
+        if provider.kind == "align":
+            _check_aligner(module, d, name)
+        else:
+            _check_block_module(module, d, name)
+        other.load_state_dict(module.state_dict())
+        _assert_same_state(module, other, f"{name}: load_state_dict does not restore the weights")
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        buffer.seek(0)
+        other.load_state_dict(torch.load(buffer, weights_only=True))
+        _assert_same_state(module, other, f"{name}: the state dict does not survive torch.save/weights_only load")
+        if provider.switch is not None:
+            assert isinstance(module, Switchable), (
+                f"{name}: the provider declares switch {provider.switch!r} but its module has no 'enabled' "
+                f"attribute (apt.providers.Switchable)")
+            if provider.kind != "align":
+                module.enabled = False
+                _check_block_module(module, d, f"{name} with its switch off", causal=False)
+                module.enabled = True
+
+
+def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = None, steps: int = 3) -> None:
+    """The real trainer runs ``steps`` optimizer steps of a tiny model using the provider (hooks included)
+    with finite losses, then writes a checkpoint that loads back."""
+    from apt.checkpoint import load_model
+    from apt.profile import Profile
+    from apt.trainer import Trainer
+
+    with _scratch() as tmp:
+        corpus = tmp / "corpus.txt"
+        corpus.write_text(_CORPUS, encoding="utf-8")
+        model: dict[str, Any] = {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16, "dropout": 0.1,
+                                 "attention": "sdpa", "ffn": "dense", provider.kind: provider.name}
+        profile = cfg.build(Profile, {
+            "name": "contract", "data": {"train_path": str(corpus)}, "model": model,
+            "train": {"max_iters": steps, "batch_size": 2, "eval_interval": steps, "eval_iters": 1,
+                      "warmup_iters": 1, "device": "cpu"},
+            "checkpoint": {"dir": str(tmp / "run"), "every": steps},
+            "logging": {"jsonl": True, "tensorboard": False, "progress": False},
+            "providers": {provider.kind: {provider.name: dict(options or {})}},
+            "plugins": {f"{provider.kind}.{provider.name}": {"required": True}},
+        })
+        registry = _registry(provider)
+        trainer = Trainer(profile, registry=registry, strict=True, echo=lambda _: None)
+        assert trainer.built.providers[provider.kind]["name"] == provider.name
+        result = trainer.run()
+        assert result.step == steps and result.stop_reason == "finished", result
+        losses = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+        step_losses = [r["loss"] for r in losses if r.get("event") == "step"]
+        assert len(step_losses) == steps and all(math.isfinite(v) for v in step_losses), (
+            f"{provider.__name__}: training losses {step_losses} are not all finite")
+        loaded = load_model(tmp / "run", registry=registry)
+        assert getattr(loaded.profile.model, provider.kind) == provider.name
+
+
+def check_retriever(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
+    """Index three documents, reopen the index, search it, and augment a prompt with the passages."""
+    from apt.providers import Document, Passage
+
+    retriever = _instance(provider, options).build()  # type: ignore[call-arg]
+    docs = [Document("the cat sat on the mat", "a.txt:1"), Document("dogs bark at night", "b.txt:1"),
+            Document("a cat and a dog met", "c.txt:1")]
+    with _scratch() as tmp:
+        meta = retriever.build_index(docs, tmp / "docs.idx")
+        assert isinstance(meta, dict), f"{provider.__name__}: build_index must return the index metadata as a dict"
+        hits = retriever.open(tmp / "docs.idx").search("cat", 2)
+        assert 1 <= len(hits) <= 2 and all(isinstance(h, Passage) for h in hits), hits
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True), "passages must come best first"
+        assert hits[0].source in ("a.txt:1", "c.txt:1"), f"'cat' should find a cat document first, got {hits[0]}"
+        prompt = retriever.augment("Where is the cat?", hits)
+        assert "Where is the cat?" in prompt, "augment() must keep the prompt"
+        try:
+            retriever.open(tmp / "missing.idx")
+        except AptError:
+            pass
+        else:
+            raise AssertionError(f"{provider.__name__}: opening a missing index must raise apt.AptError")
+
+
+def check_voter(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
+    """Entropy and the vote/no-vote decision, and the pure data hook ``vote_hook`` (JSON in, JSON out)."""
+    instance = _instance(provider, options)
+    assert isinstance(instance, VoterProvider)
+    voter = instance.build()
+    assert abs(voter.entropy([0.25] * 4) - math.log(4)) < 1e-6, "entropy() of a uniform 4-way choice must be ln 4"
+    assert voter.should_vote([0.25] * 4, 0.5) and not voter.should_vote([1.0, 0.0, 0.0, 0.0], 0.5)
+    module, _, attr = instance.vote_hook.partition(":")
+    hook: Callable[[Any], Any] = getattr(importlib.import_module(module), attr)
+    request = {"candidates": ["42", "42", "7"], "logprobs": [-1.0, -1.2, -0.5],
+               "normalise": getattr(instance.config, "normalise", "exact")}
+    result = hook(json.loads(json.dumps(request)))
+    json.dumps(result)
+    missing = {"winner", "normalised", "agreement", "votes", "counts", "tie_broken_by_logprob"} - set(result)
+    assert not missing, f"{provider.__name__}.vote_hook result lacks {sorted(missing)}"
+    assert result["winner"] == "42" and result["votes"] == 3, result
+
+
+def check_quant(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
+    """``apply`` keeps the logits close; ``restore`` on a fresh model takes the rewritten state dict exactly."""
+    import torch
+
+    from apt.model import ModelBuilder
+    from apt.profile import Profile
+
+    instance = _instance(provider, options)
+    assert isinstance(instance, QuantProvider)
+    profile = cfg.build(Profile, {"model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16,
+                                            "attention": "sdpa", "ffn": "dense"}})
+    registry = _registry(None)
+    torch.manual_seed(0)
+    model = ModelBuilder(profile, 13, registry=registry).build().model.eval()
+    x = torch.randint(0, 13, (2, 16))
+    with torch.no_grad():
+        reference = model(x).logits.float()
+        rewritten = instance.apply(copy.deepcopy(model)).eval()
+        logits = rewritten(x).logits.float()
+    assert logits.shape == reference.shape and torch.isfinite(logits).all()
+    error = (logits - reference).abs().max() / reference.abs().max()
+    assert error < 0.1, f"{provider.__name__}: apply() moves the logits by {error:.3f} of their range"
+    torch.manual_seed(1)
+    fresh = instance.restore(ModelBuilder(profile, 13, registry=registry).build().model, "cpu")
+    buffer = io.BytesIO()
+    torch.save(rewritten.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x).logits.float(), logits, atol=1e-6), (
+            f"{provider.__name__}: restore() + load_state_dict does not reproduce the rewritten model")
+
+
+# -- internals -----------------------------------------------------------------------------------
+
+
+def _numeric(tp: Any) -> bool:
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return all(a in (int, float) for a in args)
+
+
+def _instance(provider: type[Provider], options: Mapping[str, Any] | None) -> Provider:
+    config = cfg.build(provider.Config, dict(options or {}), f"providers.{provider.kind}.{provider.name}")
+    return provider(config)
+
+
+def _build(instance: Provider, dims: ModelDims) -> nn.Module:
+    from apt.builtin.layers import DenseFFN
+
+    build: Any = instance.build  # type: ignore[attr-defined]
+    if instance.kind == "router":
+        return build(dims, 0, lambda: DenseFFN(dims, 4 * dims.d_model))
+    if instance.kind == "align":
+        return build(dims)
+    return build(dims, 0)
+
+
+def _assert_same_state(a: nn.Module, b: nn.Module, message: str) -> None:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys(), f"{message}: keys {sorted(set(sa) ^ set(sb))}"
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{message}: {key}"
+
+
+def _check_block_module(module: nn.Module, d: ModelDims, name: str, *, causal: bool = True) -> None:
+    """(B, T, C) -> (B, T, C) for full and short sequences, finite both ways, deterministic in eval, causal."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    for T in (d.block_size, d.block_size // 2 + 1):
+        x = torch.randn(2, T, d.d_model, generator=gen, requires_grad=True)
+        module.train()
+        y = module(x)
+        assert isinstance(y, torch.Tensor) and y.shape == x.shape, (
+            f"{name}: forward of {tuple(x.shape)} returned {getattr(y, 'shape', type(y))}; expected the same shape")
+        assert torch.isfinite(y).all(), f"{name}: forward output is not finite"
+        y.square().mean().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all(), f"{name}: input gradient is missing or not finite"
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads), f"{name}: a parameter gradient is not finite"
+        params = [p for p in module.parameters() if p.requires_grad]
+        assert not params or any(g.abs().sum() > 0 for g in grads), f"{name}: no parameter receives a gradient"
+        module.zero_grad(set_to_none=True)
+    module.eval()
+    with torch.no_grad():
+        x = torch.randn(2, d.block_size, d.d_model, generator=gen)
+        y = module(x)
+        assert torch.equal(y, module(x)), f"{name}: two eval forwards of one input differ"
+        if causal:
+            for t in sorted({0, d.block_size // 2, d.block_size - 2}):
+                changed = x.clone()
+                changed[:, t + 1:] = torch.randn(changed[:, t + 1:].shape, generator=gen)
+                assert torch.allclose(module(changed)[:, : t + 1], y[:, : t + 1], atol=1e-5), (
+                    f"{name}: changing tokens after position {t} changes the output at or before it (looks ahead)")
+        if isinstance(module, HasInferenceForm):
+            form = module.inference_form().eval()
+            assert torch.allclose(form(x), y, atol=1e-5), f"{name}: inference_form() does not match forward"
+    module.train()
+
+
+def _check_aligner(module: nn.Module, d: ModelDims, name: str) -> None:
+    import torch
+    from torch import nn
+
+    if not isinstance(module, EvidenceAligner):
+        return
+    evidence = torch.randn(2, d.d_model)
+    module.provide_evidence(evidence)
+    assert module.take_evidence() is evidence, f"{name}: take_evidence() must return what provide_evidence() got"
+    assert module.take_evidence() is None, f"{name}: evidence must be taken once"
+    head = nn.Linear(d.d_model, d.vocab_size, bias=False)
+    state = module.evidence_view(torch.randn(2, 5, d.d_model), evidence, head)
+    assert tuple(state.hidden.shape) == (2, 5, d.d_model), f"{name}: evidence_view hidden has shape {state.hidden.shape}"
+    assert tuple(state.logits.shape) == (2, 5, d.vocab_size), f"{name}: evidence_view logits has shape {state.logits.shape}"
+
+
+def _registry(provider: type[Provider] | None) -> Registry:
+    """A registry of the core's built-ins plus ``provider`` (importable, not necessarily installed)."""
+    entries = dict(_BUILTINS)
+    if provider is not None:
+        entries[f"{provider.kind}.{provider.name}"] = f"{provider.__module__}:{provider.__qualname__}"
+    return Registry([EntryPoint(name, value, GROUP) for name, value in entries.items()])
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A temporary directory that is also APT_HOME, restored afterwards."""
+    saved = os.environ.get("APT_HOME")
+    with tempfile.TemporaryDirectory(prefix="apt-contract-") as tmp:
+        os.environ["APT_HOME"] = str(Path(tmp) / "home")
+        try:
+            yield Path(tmp)
+        finally:
+            if saved is None:
+                os.environ.pop("APT_HOME", None)
+            else:
+                os.environ["APT_HOME"] = saved

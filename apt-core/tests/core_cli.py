@@ -1,0 +1,41 @@
+"""Helpers for the core's command-line tests: run the real ``apt`` CLI in subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+#: A model small enough to train in seconds on two cores.
+SMALL = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
+         "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "train.eval_iters=2",
+         "--set", "train.warmup_iters=5", "--set", "logging.progress=false"]
+
+
+def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m apt ARGS`` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "apt", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str, code: int = 2) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("apt: error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def kill_after_steps(proc: subprocess.Popen[bytes], run_dir: Path, steps: int, timeout: float = 240) -> int:
+    """SIGKILL a training process once its metrics show ``steps`` steps; returns the steps logged."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"event": "step"') >= steps:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return metrics.read_text().count('"event": "step"') if metrics.exists() else 0
