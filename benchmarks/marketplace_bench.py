@@ -22,6 +22,7 @@ recorded with the results, and comparisons are only made within one run.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -38,19 +39,22 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from apt_marketplace.apx import Manifest, write_apx
-from apt_marketplace.blobs import BlobStore
-from apt_marketplace.db import Database
-from apt_marketplace.models import Dependency, Package, Provide, Release, ReleaseFile
-from apt_marketplace.registry import Registry
+from apt_marketplace.apx.manifest import Manifest
+from apt_marketplace.apx.pack import write_apx
+from apt_marketplace.database import Database
 from apt_marketplace.resolver import MemoryCatalogue, ReleaseInfo, resolve
 from apt_marketplace.semver import parse_version, to_pep440
-from apt_marketplace.settings import Settings
+from apt_marketplace.server.blobs import BlobStore
+from apt_marketplace.server.catalog import Catalog
+from apt_marketplace.server.keys import KeyStore
+from apt_marketplace.server.models import Base, Dependency, Package, Provide, Release, ReleaseFile
+from apt_marketplace.server.settings import Settings
 from common import arguments, interleave, paired_ratio, write
 from sqlalchemy import insert, select
 
@@ -85,6 +89,11 @@ def _wheel(name: str, version: str) -> tuple[str, bytes]:
 
 def _package_name(i: int) -> str:
     return f"apt-plugin-bench{i:04d}"
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    """An upload body as the server receives it: the catalog spools whatever streams in."""
+    yield data
 
 
 def _bulk_load(db: Database, names: list[str], versions: int, rng: random.Random) -> int:
@@ -295,8 +304,9 @@ def main() -> int:
         settings = Settings(data_dir=tmp / "data", database_url=args.database_url)
         settings.data_dir.mkdir(parents=True)
         db = Database(settings.db_url)
-        db.create_all()
-        registry = Registry(settings, db, BlobStore(settings.blob_dir))
+        db.create_all(Base.metadata)
+        catalog = Catalog(settings, db, BlobStore(settings.blob_dir))
+        keys = KeyStore(db)
 
         # 1. catalogue: real archives for the pip set, rows for the rest
         _phase("loading the catalogue", started)
@@ -305,8 +315,8 @@ def main() -> int:
         wheel_dir = tmp / "wheels"
         wheel_dir.mkdir()
         t0 = time.perf_counter()
-        token = registry.create_api_key(pip_names, "bench")
-        key = registry.authenticate(f"Bearer {token}")
+        token = keys.create(pip_names, "bench")
+        key = keys.authenticate(f"Bearer {token}")
         for name in pip_names:
             for k in range(args.versions):
                 version = f"1.{k}.0"
@@ -315,9 +325,7 @@ def main() -> int:
                 manifest = Manifest(name=name, version=version, summary="pip comparison plugin",
                                     provides=("attention.pipset",), core="^2.0", python=">=3.10")
                 archive = write_apx(tmp / "apx" / f"{name}-{version}.apx", manifest, {filename: data})
-                spool = registry.blobs.spool()
-                spool.write(archive.read_bytes())
-                registry.publish(spool, key)
+                asyncio.run(catalog.publish(_body(archive.read_bytes()), key))
         publish_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded = _bulk_load(db, names, args.versions, rng)
@@ -350,7 +358,7 @@ def main() -> int:
         if args.database_url:
             env["APT_MARKET_DATABASE_URL"] = args.database_url
         log = open(tmp / "server.log", "wb")
-        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "apt_marketplace.app:app_from_env",
+        server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "apt_marketplace.server.app:app_from_env",
                                    "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"],
                                   env=env, stdout=log, stderr=log)
         pypi = None

@@ -21,6 +21,7 @@ from apt.profile import load_profile
 from apt.providers import ModelDims
 from apt.trainer import Trainer
 from apt_plugin_moe.layer import MoELayer
+from apt_plugin_moe.provider import TopKMoEConfig
 
 D, D_FF, E, K, TOKENS = 256, 1024, 8, 2, 2048
 
@@ -79,8 +80,7 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     dims = ModelDims(n_layer=1, n_head=4, d_model=D, block_size=TOKENS, vocab_size=2)
-    moe = MoELayer(D, lambda: DenseFFN(dims, D_FF), experts=E, top_k=K, capacity_factor=1.25, route_temp=1.0,
-                   shared_expert=False)
+    moe = MoELayer(D, lambda: DenseFFN(dims, D_FF), TopKMoEConfig(experts=E, top_k=K, capacity_factor=1.25))
     dense = DenseFFN(dims, K * D_FF)
     x = torch.randn(1, TOKENS, D, requires_grad=True)
     layer = interleave({"dense_ffn_2048": layer_step(dense, x), "topk_moe": layer_step(moe, x, aux=True),

@@ -116,10 +116,13 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def profile_of(state: dict[str, Any], path: Path) -> Profile:
+def profile_of(state: dict[str, Any], path: Path, models: dict[str, str] | None = None) -> Profile:
+    """The checkpoint's profile; ``models`` pins ``model.<kind>`` to the providers it was trained with."""
     try:
-        return cfg.build(Profile, state["profile"])
-    except (ConfigError, KeyError) as err:
+        data = dict(state["profile"])
+        data["model"] = {**data["model"], **(models or {})}
+        return cfg.build(Profile, data)
+    except (ConfigError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} holds an invalid profile: {err}") from None
 
 
@@ -156,11 +159,9 @@ def rebuild(state: dict[str, Any], file: Path, *, registry: Registry | None = No
     """
     from apt.model import ModelBuilder
 
-    profile = profile_of(state, file)
+    pinned = {kind: info["name"] for kind, info in state.get("providers", {}).items() if kind in MODEL_KINDS}
+    profile = profile_of(state, file, pinned)
     tokenizer = tokenizer_from_state(state["tokenizer"])
-    pinned = {f"model.{kind}": info["name"] for kind, info in state.get("providers", {}).items()
-              if kind in MODEL_KINDS}
-    profile = cfg.build(Profile, _with(profile.to_dict(), pinned))
     try:
         built = ModelBuilder(profile, tokenizer.vocab_size, registry=registry, strict=True).build()
     except AptError as err:
@@ -190,10 +191,3 @@ def _quantized(model: torch.nn.Module, recipe: Any, file: Path, registry: Regist
         return provider.restore(model, device)
     except AptError as err:
         raise CheckpointError(f"cannot rebuild the quantised model of {file}: {err}") from None
-
-
-def _with(data: dict[str, Any], assignments: dict[str, Any]) -> dict[str, Any]:
-    for key, value in assignments.items():
-        section, _, name = key.partition(".")
-        data[section][name] = value
-    return data

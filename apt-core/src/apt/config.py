@@ -50,7 +50,7 @@ def describe(cls: type) -> list[FieldInfo]:
     """Fields of a config class, for ``apt plugin info`` and documentation."""
     hints = typing.get_type_hints(cls)
     out = []
-    for f in dataclasses.fields(cls):
+    for f in _settable(cls):
         if f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
@@ -64,7 +64,7 @@ def describe(cls: type) -> list[FieldInfo]:
 def to_dict(obj: Any) -> Any:
     """Plain-data form of a config (for checkpoints and logs); inverse of :func:`build`."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in _settable(type(obj))}
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -82,7 +82,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(prefix, f"expected a mapping of settings, got {_show(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in _settable(cls)}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -108,6 +108,11 @@ def require(ok: bool, key: str, message: str) -> None:
     """Raise a :class:`ConfigError` for ``key`` unless ``ok`` (for cross-field checks)."""
     if not ok:
         raise ConfigError(key, message)
+
+
+def _settable(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields a mapping sets; ``init=False`` fields hold state derived after construction."""
+    return [f for f in dataclasses.fields(cls) if f.init]
 
 
 def _join(prefix: str, key: str) -> str:

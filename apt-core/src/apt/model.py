@@ -99,7 +99,7 @@ class ModelBuilder:
         instances: dict[str, Provider] = {}
         for kind, res in resolutions.items():
             if res.provider is not None:
-                provider = self.registry.make(kind, res.name, self.profile.provider_options(kind, res.name))
+                provider = res.provider(self.profile.provider_config(res.provider))
                 try:
                     provider.check(self.dims)
                 except ConfigError as err:

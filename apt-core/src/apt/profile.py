@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,7 @@ import yaml
 from apt import config as cfg
 from apt.config import option, require
 from apt.errors import AptError, ConfigError
-from apt.providers import KINDS
+from apt.providers import KINDS, Provider
 
 #: Seed-era spellings accepted in profiles and ``--set``.
 KEY_ALIASES = {
@@ -117,6 +117,8 @@ class Profile:
         default_factory=dict, doc="provider configs by kind then name")
     schedules: dict[str, Any] = option(default_factory=dict)
     plugins: dict[str, PluginPolicy] = option(default_factory=dict)
+    #: Typed provider configs by "kind.name", each built once from ``providers`` (see provider_config).
+    configs: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind in self.providers:
@@ -128,6 +130,13 @@ class Profile:
 
     def provider_options(self, kind: str, name: str) -> dict[str, Any]:
         return self.providers.get(kind, {}).get(name, {})
+
+    def provider_config(self, cls: type[Provider]) -> Any:
+        """``cls``'s typed config from ``providers.<kind>.<name>``, built the first time it is asked for."""
+        key = f"{cls.kind}.{cls.name}"
+        if key not in self.configs:
+            self.configs[key] = cfg.build(cls.Config, self.provider_options(cls.kind, cls.name), f"providers.{key}")
+        return self.configs[key]
 
     def to_dict(self) -> dict[str, Any]:
         return cfg.to_dict(self)
@@ -214,15 +223,15 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
         origin[key] = f"--set {item}"
     try:
         profile = cfg.build(Profile, data)
-        check_provider_options(profile)
+        build_provider_configs(profile)
     except ConfigError as err:
         source = next((src for key, src in origin.items() if err.key == key or err.key.startswith(key + ".")), None)
         raise err.located(source or marks.where(err.key)) from None
     return profile
 
 
-def check_provider_options(profile: Profile) -> None:
-    """Validate the options of every installed provider the profile configures.
+def build_provider_configs(profile: Profile) -> None:
+    """Build (and so validate) the config of every installed provider the profile configures.
 
     Options for providers that are not installed are kept unchecked: a profile may carry settings
     for optional plugins.
@@ -231,12 +240,12 @@ def check_provider_options(profile: Profile) -> None:
 
     registry = default_registry()
     for kind, entries in profile.providers.items():
-        for name, options in entries.items():
+        for name in entries:
             try:
                 cls = registry.load(kind, name)
             except AptError:
                 continue
-            cfg.build(cls.Config, options, f"providers.{kind}.{name}")
+            profile.provider_config(cls)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

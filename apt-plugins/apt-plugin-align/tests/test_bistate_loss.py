@@ -21,7 +21,7 @@ def states(seed: int, B: int = 2, T: int = 6, C: int = 16, vocab: int = 13) -> A
 
 
 def aligner(C: int = 16, r: int = 4) -> BistateAligner:
-    return BistateAligner(C, r, alpha=ALPHA, beta=BETA, tau=TAU)
+    return BistateAligner(C, BistateConfig(alpha=ALPHA, beta=BETA, tau_align=TAU, r=r))
 
 
 def test_equal_states_give_exactly_zero():

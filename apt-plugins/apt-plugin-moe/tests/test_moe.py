@@ -19,8 +19,8 @@ def ffn() -> nn.Module:
 
 def layer(experts=4, top_k=2, capacity=1.25, temp=1.0, shared=False, seed=0) -> MoELayer:
     torch.manual_seed(seed)
-    return MoELayer(D, ffn, experts=experts, top_k=top_k, capacity_factor=capacity, route_temp=temp,
-                    shared_expert=shared)
+    return MoELayer(D, ffn, TopKMoEConfig(experts=experts, top_k=top_k, capacity_factor=capacity, route_temp=temp,
+                                          shared_expert=shared))
 
 
 @pytest.mark.parametrize("experts, top_k, capacity, temp", [(4, 2, 1.25, 1.0), (4, 1, 0.5, 1.0), (8, 2, 0.75, 0.7),

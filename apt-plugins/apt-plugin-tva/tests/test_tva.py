@@ -36,29 +36,29 @@ def reference(layer: TriVeinAttention, x: torch.Tensor) -> torch.Tensor:
                                                    (2, 1, 10.0, None)])
 def test_fused_layer_matches_reference(r, s, tau, kernel_dim):
     torch.manual_seed(0)
-    layer = TriVeinAttention(DIMS, r, s, tau, kernel_dim).eval()
+    layer = TriVeinAttention(DIMS, TVAConfig(r, s, tau, kernel_dim)).eval()
     x = torch.randn(2, 16, 64)
     assert torch.allclose(layer(x), reference(layer, x), atol=1e-5)
 
 
 def test_gate_follows_relative_off_plane_error():
     torch.manual_seed(0)
-    layer = TriVeinAttention(DIMS, 4, 1, 0.18).eval()
+    layer = TriVeinAttention(DIMS, TVAConfig(4, 1, 0.18)).eval()
     x = torch.randn(2, 16, 64)
     ratio = layer.off_plane_ratio(x)
     assert ratio.shape == (2, 4, 16) and bool(((ratio >= 0) & (ratio <= 1 + 1e-5)).all())
-    never = TriVeinAttention(DIMS, 4, 1, tau=2.0).eval()
+    never = TriVeinAttention(DIMS, TVAConfig(4, 1, tau=2.0)).eval()
     never.load_state_dict(layer.state_dict())
     with torch.no_grad():
         never.normal_lift.mul_(100.0)
-    plain = TriVeinAttention(DIMS, 4, 1, tau=2.0).eval()
+    plain = TriVeinAttention(DIMS, TVAConfig(4, 1, tau=2.0)).eval()
     plain.load_state_dict(layer.state_dict())
     assert torch.allclose(never(x), plain(x), atol=1e-6), "tau above every ratio must switch compensation off"
 
 
 def test_causal_and_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    layer = TriVeinAttention(DIMS, 4, 2, 0.05)
+    layer = TriVeinAttention(DIMS, TVAConfig(4, 2, 0.05))
     x = torch.randn(2, 16, 64, requires_grad=True)
     y = layer(x)
     x2 = x.detach().clone()
@@ -70,7 +70,7 @@ def test_causal_and_gradients_reach_every_parameter():
 
 
 def test_veins_start_orthonormal():
-    layer = TriVeinAttention(DIMS, 4, 1, 0.18)
+    layer = TriVeinAttention(DIMS, TVAConfig(4, 1, 0.18))
     assert torch.allclose(layer.vein @ layer.lift, torch.eye(4), atol=1e-5)
     assert torch.allclose(layer.vein @ layer.normal.T, torch.zeros(4, 1), atol=1e-5)
 
@@ -103,7 +103,7 @@ def test_default_attention_and_self_test():
 def test_inference_form_matches_forward(bias, r, s, kernel_dim):
     torch.manual_seed(0)
     dims = dataclasses.replace(DIMS, bias=bias, dropout=0.1)
-    layer = TriVeinAttention(dims, r, s, 0.5, kernel_dim)
+    layer = TriVeinAttention(dims, TVAConfig(r, s, 0.5, kernel_dim))
     with torch.no_grad():  # away from the orthonormal start, as after training
         for p in layer.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -125,7 +125,7 @@ def test_inference_form_matches_forward(bias, r, s, kernel_dim):
     state = folded.state_dict()
     with torch.no_grad():
         layer.vein.zero_()  # the inference form is a snapshot: later changes to the layer do not reach it
-    again = TriVeinAttention(dims, r, s, layer.tau, kernel_dim).inference_form()
+    again = TriVeinAttention(dims, TVAConfig(r, s, layer.tau, kernel_dim)).inference_form()
     again.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(again(x), folded(x)), "a saved inference form reloads into a fresh one"

@@ -114,7 +114,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     if ns.json_args is not None:
         try:
             args = json.loads(ns.json_args)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             return _fail(
                 f"--json is not valid JSON ({exc.msg} at position {exc.pos}); quote it, e.g. --json '{{\"x\": 1}}'"
             )

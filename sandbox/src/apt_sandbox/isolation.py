@@ -218,7 +218,7 @@ SCMP_CMP_EQ = 4
 SCMP_CMP_MASKED_EQ = 7
 
 
-def SCMP_ACT_ERRNO(err: int) -> int:  # noqa: N802 - mirrors the C macro
+def SCMP_ACT_ERRNO(err: int) -> int:  # mirrors the C macro's name
     return 0x00050000 | (err & 0xFFFF)
 
 

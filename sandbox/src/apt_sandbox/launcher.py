@@ -102,7 +102,7 @@ def _worker_stage(cfg: dict, iso: dict, notes: dict, forked: bool, life_fd: int 
         except OSError as exc:
             notes["proc"] = str(exc)
     uid, gid = cfg.get("uid"), cfg.get("gid")
-    if uid is not None and os.geteuid() == 0:
+    if uid is not None and gid is not None and os.geteuid() == 0:
         try:
             kernel.drop_privileges(uid, gid)
             iso["uid_drop"] = True

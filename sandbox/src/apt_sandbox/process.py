@@ -362,10 +362,10 @@ class SandboxProcess:
                     return self._after_exit()
                 if track_cpu and time.monotonic() >= next_cpu_check:
                     next_cpu_check = time.monotonic() + CPU_POLL_S
-                    used = proc_cpu_seconds(self.worker_pid)
+                    used = proc_cpu_seconds(self.worker_pid) if self.worker_pid is not None else None
                     if cpu_base is None:
                         cpu_base = used
-                    elif used is not None and used - cpu_base > cpu_limit:
+                    elif used is not None and cpu_limit is not None and used - cpu_base > cpu_limit:
                         return Outcome("cpu", detail=f"used more than {cpu_limit:g}s of CPU in this call")
         finally:
             if writing:

@@ -19,7 +19,7 @@ from apt_sandbox.ipc import Message, pack
 from apt_sandbox.isolation import LAYERS
 from apt_sandbox.limits import MIB, Limits
 from apt_sandbox.process import Outcome, SandboxProcess, remove_tree
-from apt_sandbox.result import IsolationError, Result, SandboxError
+from apt_sandbox.result import IsolationError, Result, SandboxError, Status
 
 if TYPE_CHECKING:
     from apt_sandbox.worker import Worker
@@ -207,7 +207,7 @@ class Sandbox:
                 return Result("error", detail=f"protocol violation: {exc}", **common)
             return Result("ok", value=value, **common)
         kind = header.get("kind")
-        status = kind if kind in ("memory", "cpu") else "error"
+        status: Status = "memory" if kind == "memory" else "cpu" if kind == "cpu" else "error"
         tb = header.get("traceback")
         message = header.get("message")
         exc_type = header.get("type")

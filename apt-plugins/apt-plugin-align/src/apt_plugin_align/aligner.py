@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apt_plugin_align.loss import BistateTerms, bistate_terms
+from apt_plugin_align.provider import BistateConfig
 
 VEIN_SEED = 0x8157A7E
 
@@ -30,11 +31,12 @@ class AlignState(NamedTuple):
 class BistateAligner(nn.Module):
     vein: torch.Tensor
 
-    def __init__(self, d_model: int, r: int, *, alpha: float, beta: float, tau: float) -> None:
+    def __init__(self, d_model: int, config: BistateConfig) -> None:
         super().__init__()
+        r = config.r
         if not 1 <= r <= d_model:
             raise ValueError(f"vein rank r must satisfy 1 <= r <= d_model = {d_model}, got {r}")
-        self.alpha, self.beta, self.tau = alpha, beta, tau
+        self.alpha, self.beta, self.tau = config.alpha, config.beta, config.tau_align
         generator = torch.Generator().manual_seed(VEIN_SEED)
         frame = torch.linalg.qr(torch.randn(d_model, r, generator=generator))[0]
         self.register_buffer("vein", frame.T.contiguous())

@@ -64,7 +64,7 @@ class BistateProvider(AlignProvider):
             log.warning("align.bistate: view 'dropout' with model.dropout=0: the second pass repeats the first "
                         "(unless another module is random in training), so the loss stays 0; set model.dropout "
                         "> 0 (e.g. 0.1) or use view 'evidence'")
-        return BistateAligner(dims.d_model, c.r, alpha=c.alpha, beta=c.beta, tau=c.tau_align)
+        return BistateAligner(dims.d_model, c)
 
     def align_loss(self, trainer: Any, batch: Any, outputs: Any) -> torch.Tensor | None:
         """The weighted loss of one micro-batch, or None when alignment is off, weightless, or (in the

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from apt_plugin_align.aligner import AlignState, BistateAligner
+from apt_plugin_align.provider import BistateConfig
 
 
-def self_test(config: Any) -> str:
+def self_test(config: BistateConfig) -> str:
     """The three properties everything else rests on: zero for equal states, positive for different
     ones, and gradients that reach the align state only."""
     generator = torch.Generator().manual_seed(0)
     d_model, vocab = max(16, config.r), 11
-    aligner = BistateAligner(d_model, config.r, alpha=config.alpha, beta=config.beta, tau=config.tau_align)
+    aligner = BistateAligner(d_model, config)
     hidden = torch.randn(2, 5, d_model, generator=generator, requires_grad=True)
     logits = torch.randn(2, 5, vocab, generator=generator, requires_grad=True)
     same = aligner(AlignState(hidden, logits), AlignState(hidden, logits))

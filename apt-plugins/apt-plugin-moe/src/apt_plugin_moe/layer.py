@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apt_plugin_moe.provider import TopKMoEConfig
+
 
 @dataclass
 class RoutingStats:
@@ -29,16 +31,16 @@ class RoutingStats:
 
 
 class MoELayer(nn.Module):
-    def __init__(self, d_model: int, make_ffn: Callable[[], nn.Module], *, experts: int, top_k: int,
-                 capacity_factor: float, route_temp: float, shared_expert: bool) -> None:
+    def __init__(self, d_model: int, make_ffn: Callable[[], nn.Module], config: TopKMoEConfig) -> None:
         super().__init__()
-        self.num_experts = experts
-        self.top_k = top_k
-        self.capacity_factor = capacity_factor
-        self.route_temp = route_temp
-        self.router = nn.Linear(d_model, experts, bias=False)
-        self.experts = nn.ModuleList(make_ffn() for _ in range(experts))
-        self.shared = make_ffn() if shared_expert else None
+        self.num_experts = config.experts
+        self.top_k = config.top_k
+        #: Follow the schedule (``moe_capacity``, ``route_temp``): the provider's step hook sets them.
+        self.capacity_factor = config.capacity_factor
+        self.route_temp = config.route_temp
+        self.router = nn.Linear(d_model, config.experts, bias=False)
+        self.experts = nn.ModuleList(make_ffn() for _ in range(config.experts))
+        self.shared = make_ffn() if config.shared_expert else None
         #: Set by the curriculum: while False the layer is the dense FFN of expert 0.
         self.enabled = True
         self.aux: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -45,9 +45,7 @@ class TopKMoEProvider(RouterProvider):
     def build(self, dims: ModelDims, layer: int, make_ffn: Callable[[], nn.Module]) -> nn.Module:
         from apt_plugin_moe.layer import MoELayer
 
-        c = self.config
-        module = MoELayer(dims.d_model, make_ffn, experts=c.experts, top_k=c.top_k,
-                          capacity_factor=c.capacity_factor, route_temp=c.route_temp, shared_expert=c.shared_expert)
+        module = MoELayer(dims.d_model, make_ffn, self.config)
         self.layers.append(module)
         return module
 

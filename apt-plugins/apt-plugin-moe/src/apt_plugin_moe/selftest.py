@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import torch
 from torch import nn
+
+from apt_plugin_moe.provider import TopKMoEConfig
 
 
 def reference_route(layer: Any, flat: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -33,14 +36,15 @@ def reference_route(layer: Any, flat: torch.Tensor) -> tuple[torch.Tensor, int]:
     return out, dropped
 
 
-def routing_matches_reference(config: Any) -> str:
+def routing_matches_reference(config: TopKMoEConfig) -> str:
     from apt_plugin_moe.layer import MoELayer
 
     torch.manual_seed(0)
     d = 16
-    layer = MoELayer(d, lambda: nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)),
-                     experts=min(config.experts, 4), top_k=min(config.top_k, min(config.experts, 4)),
-                     capacity_factor=1.0, route_temp=config.route_temp, shared_expert=False)
+    experts = min(config.experts, 4)
+    small = dataclasses.replace(config, experts=experts, top_k=min(config.top_k, experts), capacity_factor=1.0,
+                                shared_expert=False)
+    layer = MoELayer(d, lambda: nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)), small)
     flat = torch.randn(24, d)
     expected, _ = reference_route(layer, flat)
     if not torch.allclose(layer.route(flat), expected, atol=1e-5):

@@ -20,13 +20,12 @@ off-plane ratio is computed without autograd.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from apt import ModelDims
+from apt_plugin_tva.provider import TVAConfig
 
 
 def default_kernel_dim(r: int, s: int) -> int:
@@ -36,11 +35,12 @@ def default_kernel_dim(r: int, s: int) -> int:
 
 
 class TriVeinAttention(nn.Module):
-    def __init__(self, dims: ModelDims, r: int, s: int, tau: float, kernel_dim: int | None = None) -> None:
+    def __init__(self, dims: ModelDims, config: TVAConfig) -> None:
         super().__init__()
         self.n_head = dims.n_head
-        self.r, self.s, self.tau = r, s, tau
-        self.kernel_dim = kernel_dim or default_kernel_dim(r, s)
+        r, s = config.r, config.s
+        self.r, self.s, self.tau = r, s, config.tau
+        self.kernel_dim = config.kernel_dim or default_kernel_dim(r, s)
         self.dropout = dims.dropout
         d_head = dims.d_head
         self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
@@ -186,11 +186,11 @@ def _attend(qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, vn: torch.Tens
     return y[..., : r + s].transpose(1, 2).reshape(B, T, H * (r + s))
 
 
-def self_test(config: Any) -> str:
+def self_test(config: TVAConfig) -> str:
     """Causality and shape check on a tiny layer (run by the sandbox when the plugin is installed)."""
     torch.manual_seed(0)
     dims = ModelDims(n_layer=1, n_head=2, d_model=8 * (config.r + 1), block_size=16, vocab_size=16)
-    layer = TriVeinAttention(dims, config.r, config.s, config.tau, config.kernel_dim).eval()
+    layer = TriVeinAttention(dims, config).eval()
     x = torch.randn(2, 16, dims.d_model)
     y = layer(x)
     x2 = x.clone()

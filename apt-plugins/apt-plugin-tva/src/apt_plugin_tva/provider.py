@@ -36,8 +36,7 @@ class TVAProvider(AttentionProvider):
     def build(self, dims: ModelDims, layer: int) -> nn.Module:
         from apt_plugin_tva.attention import TriVeinAttention
 
-        c = self.config
-        return TriVeinAttention(dims, c.r, c.s, c.tau, c.kernel_dim)
+        return TriVeinAttention(dims, self.config)
 
     def self_test(self) -> str:
         from apt_plugin_tva.attention import self_test
