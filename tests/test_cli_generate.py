@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from support import SMALL, assert_one_line_error, run
 
 
@@ -60,7 +61,7 @@ def test_vote_threshold_skips_the_vote_when_the_model_is_sure(trained):
     (["--vote", "k=0"], "--vote (with the checkpoint profile's providers.voter.self_consistency): "
                         "providers.voter.self_consistency.k: expected a value >= 1, got 0"),
     (["--vote", "k=3,colour=red"], "providers.voter.self_consistency.colour: unknown key"),
-    (["--vote", "k=3,=2"], "--vote 'k=3,=2': expected KEY=VALUE"),
+    (["--vote", "k=3,=2"], "--vote '=2': expected KEY=VALUE, e.g. --vote k=5"),
     (["--vote-threshold", "1"], "--vote-threshold only applies with --vote"),
     (["--sandbox"], "--sandbox only applies with --vote"),
     (["--retriever", "bm25"], "--retriever needs --index INDEX"),

@@ -38,17 +38,17 @@ def test_broken_plugin_is_reported_and_falls_back(tmp_path, env):
     env["PYTHONPATH"] = str(site)
     listed = run(["plugin", "list"], env=env, cwd=tmp_path)
     assert listed.returncode == 0
-    line = next(l for l in listed.stdout.splitlines() if l.startswith("attention  broken"))
+    line = next(row for row in listed.stdout.splitlines() if row.startswith("attention  broken"))
     assert "broken: attention.broken from apt-plugin-broken is broken: cannot import broken_attn:Provider: " \
            "ModuleNotFoundError: No module named 'does_not_exist_anywhere'" in line
-    assert any(l.startswith("attention  tva") and " ok " in l for l in listed.stdout.splitlines())
+    assert any(row.startswith("attention  tva") and " ok " in row for row in listed.stdout.splitlines())
     info = run(["plugin", "info", "attention", "broken"], env=env, cwd=tmp_path)
     assert info.returncode == 1 and "status: broken" in info.stdout
 
     trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=2", "--set", "model.attention=broken"],
                   env=env, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
-    warnings = [l for l in trained.stderr.splitlines() if "warning" in l]
+    warnings = [line for line in trained.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "No module named 'does_not_exist_anywhere'" in warnings[0]
     assert "falling back to attention provider 'sdpa'" in warnings[0]
     strict = run(["train", "-p", "tiny_debug", "--set", "model.attention=broken", "--strict"], env=env, cwd=tmp_path)

@@ -14,7 +14,7 @@ from core_cli import SMALL, assert_one_line_error, run
     (["--set", "train.lr=fast"], "train.lr: expected a number, got 'fast'"),
     (["--set", "data.train_path=missing.txt"], "data.train_path: file 'missing.txt' not found"),
     (["--set", "model.d_model=31"], "model.d_model: must be divisible by n_head=2, got 31"),
-    (["--set", "train"], "--set 'train': expected KEY.PATH=VALUE"),
+    (["--set", "train"], "--set 'train': expected KEY=VALUE, e.g. --set train.lr=3e-4"),
     (["--set", "train.device=cuda"], "train.device: 'cuda' requested but CUDA is not available"),
 ])
 def test_bad_training_input(tmp_path, env, args, fragment):

@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,3 +55,15 @@ def test_describe_lists_fields_with_defaults_and_docs():
     fields = {f.name: f for f in cfg.describe(Inner)}
     assert fields["rate"].default == 0.5 and fields["rate"].doc == "a rate" and fields["rate"].type == "float"
     assert fields["mode"].type == "a|b"
+
+
+def test_one_key_value_grammar_for_every_flag():
+    from apt.config import parse_assignments
+    from apt.errors import AptError
+
+    parsed = parse_assignments(["lr=0.5", "on=true", "span={start: 1, end: 2}", "empty=", "text=a: b: c",
+                                "lr=0.001"], "--set", "lr=1")
+    assert parsed == {"lr": 0.001, "on": True, "span": {"start": 1, "end": 2}, "empty": None, "text": "a: b: c"}
+    for bad in ("noequals", "=1", "a..b=1"):
+        with pytest.raises(AptError, match=rf"--vote '{re.escape(bad)}': expected KEY=VALUE, e.g. --vote k=5"):
+            parse_assignments([bad], "--vote", "k=5")

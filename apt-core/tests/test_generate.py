@@ -2,10 +2,8 @@ import math
 
 import torch
 
-from apt.cli.generate import fit_passages
 from apt.generate import evidence_vector, next_token_probs, sample
 from apt.model import ModelBuilder, Output
-from apt.providers import Passage
 from apt.tokenizers import ByteTokenizer, CharTokenizer
 
 
@@ -45,26 +43,6 @@ def test_next_token_probs_sum_to_one_and_no_evidence_without_an_aligner(tiny_pro
     probs = next_token_probs(model, tok, "hello")
     assert len(probs) == 256 and math.isclose(sum(probs), 1.0, rel_tol=1e-5)
     assert evidence_vector(model, tok, ["some passage"]) is None
-
-
-def _augment(prompt, passages):
-    return "".join(p.text + "\n" for p in passages) + prompt
-
-
-def test_fit_passages_drops_low_ranked_then_cuts_the_best():
-    tok = CharTokenizer("abcdefgh\n?")
-    ranked = [Passage("abcd", "a:1", 3.0), Passage("efgh", "a:2", 2.0), Passage("hhhhhhhh", "a:3", 1.0)]
-    assert fit_passages(_augment, tok, "?", ranked, 100) == ranked
-    assert fit_passages(_augment, tok, "?", ranked, 11) == ranked[:2]
-    cut = fit_passages(_augment, tok, "?", [Passage("abcdefgh", "a:1", 1.0)], 5)
-    assert cut == [Passage("abc", "a:1", 1.0)]
-    assert fit_passages(_augment, tok, "?", ranked, 1) == []
-
-
-def test_fit_passages_drops_characters_the_model_never_saw():
-    tok = CharTokenizer("abc\n?")
-    kept = fit_passages(_augment, tok, "?", [Passage("aXbYc", "d:1", 1.0)], 100)
-    assert kept == [Passage("abc", "d:1", 1.0)]
 
 
 class _Shift(torch.nn.Module):

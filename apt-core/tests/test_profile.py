@@ -49,7 +49,7 @@ def test_set_overrides_and_blames_the_flag(tmp_path):
         load_profile("tiny_debug", ["train.batch_size=0"])
     with pytest.raises(ConfigError, match=r"train.lrr: unknown key \(did you mean 'lr'\?\)"):
         load_profile("tiny_debug", ["train.lrr=1"])
-    with pytest.raises(AptError, match="expected KEY.PATH=VALUE"):
+    with pytest.raises(AptError, match="expected KEY=VALUE, e.g. --set train.lr=3e-4"):
         parse_override("train.lr")
 
 

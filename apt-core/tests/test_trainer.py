@@ -130,7 +130,7 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, on_path, tiny_profile):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     with pytest.raises(RunError, match="training diverged at step 5: 5 consecutive non-finite steps"):
         trainer.run()
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
     assert [e["type"] for e in ErrorStore().list()] == ["nonfinite"] * 5
 
 

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "Document": "apt.providers",
     "Passage": "apt.providers",
     "Retriever": "apt.providers",
+    "TextEncoder": "apt.providers",
     "SearchIndex": "apt.providers",
     "Voter": "apt.providers",
     "check_provider_class": "apt.providers",
@@ -46,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     # configuration
     "option": "apt.config",
     "require": "apt.config",
+    "parse_assignments": "apt.config",
     # hooks
     "hookimpl": "apt.hookspecs",
     "TrainerView": "apt.hookspecs",
@@ -106,7 +108,7 @@ if TYPE_CHECKING:
     from apt.builtin.layers import CausalSelfAttention
     from apt.checkpoint import MODEL_FILE, Loaded, checkpoint_dir, load_model, rebuild, save_file
     from apt.cli import ArgumentParser
-    from apt.config import option, require
+    from apt.config import option, parse_assignments, require
     from apt.data import read_chunks
     from apt.errors import AptError, CheckpointError, ConfigError, ProviderError, RunError
     from apt.generate import Completion, evaluate_tokens, sample
@@ -133,6 +135,7 @@ if TYPE_CHECKING:
         SearchIndex,
         SelfInitialised,
         Switchable,
+        TextEncoder,
         Voter,
         VoterProvider,
         check_provider_class,

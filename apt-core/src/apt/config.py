@@ -12,11 +12,11 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, TypeVar, Union
 
-from apt.errors import ConfigError
+from apt.errors import AptError, ConfigError
 
 T = TypeVar("T")
 
@@ -104,6 +104,30 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
         raise ConfigError(_join(prefix, err.key), err.message) from None
 
 
+def parse_assignment(item: str, flag: str, example: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as every ``apt`` flag takes it (``--set``, ``--vote``...): VALUE is read as YAML.
+
+    ``3e-4`` is a number, ``true`` a boolean, ``{start: 1, end: 2}`` a mapping, ``null`` None, an
+    empty value None; text that is not valid YAML is kept as written. ``flag`` and ``example`` go
+    into the one-line error for a malformed item.
+    """
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise AptError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return key, raw
+
+
+def parse_assignments(items: Sequence[str], flag: str, example: str) -> dict[str, Any]:
+    """Several ``KEY=VALUE`` items (see :func:`parse_assignment`) as a mapping; a later key wins."""
+    return dict(parse_assignment(item, flag, example) for item in items)
+
+
 def require(ok: bool, key: str, message: str) -> None:
     """Raise a :class:`ConfigError` for ``key`` unless ``ok`` (for cross-field checks)."""
     if not ok:
@@ -152,7 +176,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value in args:
             return value
         raise ConfigError(key, f"expected one of {', '.join(map(str, args))}; got {_show(value)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, key)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):

@@ -80,7 +80,6 @@ class Corpus:
     train: np.ndarray
     val: np.ndarray
     tokenizer: Tokenizer
-    sources: list[str]
 
 
 def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> Corpus:
@@ -108,7 +107,7 @@ def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = 
         if len(arr) < block_size + 2:
             raise AptError(f"data: the {name} split has {len(arr)} tokens, fewer than block_size + 2 = "
                            f"{block_size + 2}; use a larger corpus or a smaller model.block_size")
-    return Corpus(train, val, tokenizer, [str(p) for p, _ in paths])
+    return Corpus(train, val, tokenizer)
 
 
 def _cache_key(path: Path, cfg: DataConfig, tokenizer: Tokenizer) -> str:

@@ -22,7 +22,7 @@ class Completion(NamedTuple):
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 200,
+def sample(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 200,
            temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337, device: str = "cpu",
            num_samples: int = 1, stop: str | None = None, evidence: torch.Tensor | None = None) -> list[Completion]:
     """Autoregressive sampling of ``num_samples`` continuations in one batch.
@@ -37,14 +37,15 @@ def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, *, max_new
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     block = model.dims.block_size
     aligner = _aligner(model) if evidence is not None else None
+    evidence_rows = evidence.to(device).expand(num_samples, -1) if evidence is not None else None
     logprobs = torch.zeros(num_samples, 0, device=device)
     ends = [max_new_tokens] * num_samples
     tail = 4 * len(stop.encode()) + 4 if stop else 0
     model.eval()
     for step in range(max_new_tokens):
         out = model(idx[:, -block:])
-        if aligner is not None:
-            out = aligner.evidence_view(out.hidden, evidence.to(device).expand(num_samples, -1), model.lm_head)
+        if aligner is not None and evidence_rows is not None:
+            out = aligner.evidence_view(out.hidden, evidence_rows, model.lm_head)
         logits = out.logits[:, -1, :].float()
         if temperature <= 0:
             nxt = logits.argmax(dim=-1, keepdim=True)
@@ -73,7 +74,7 @@ def sample(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, *, max_new
 
 
 @torch.no_grad()
-def next_token_probs(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, *, device: str = "cpu") -> list[float]:
+def next_token_probs(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *, device: str = "cpu") -> list[float]:
     """The model's distribution over the token after ``prompt`` (temperature 1); its entropy says how unsure it is."""
     ids = (tokenizer.encode(prompt) or [0])[-model.dims.block_size:]
     model.eval()
@@ -82,7 +83,7 @@ def next_token_probs(model: torch.nn.Module, tokenizer: Tokenizer, prompt: str, 
 
 
 @torch.no_grad()
-def evidence_vector(model: torch.nn.Module, tokenizer: Tokenizer, texts: list[str], *,
+def evidence_vector(model: LanguageModel, tokenizer: Tokenizer, texts: list[str], *,
                     device: str = "cpu") -> torch.Tensor | None:
     """Mean final hidden state of the model over ``texts``, (1, d_model): what an aligner mixes in.
 
@@ -97,14 +98,13 @@ def evidence_vector(model: torch.nn.Module, tokenizer: Tokenizer, texts: list[st
     return torch.cat(states).mean(dim=0, keepdim=True) if states else None
 
 
-def _aligner(model: torch.nn.Module) -> EvidenceAligner | None:
-    extras = model.extras if isinstance(model, LanguageModel) else {}
-    aligner = extras["align"] if "align" in extras else None
+def _aligner(model: LanguageModel) -> EvidenceAligner | None:
+    aligner = model.extras["align"] if "align" in model.extras else None
     return aligner if isinstance(aligner, EvidenceAligner) else None
 
 
 @torch.no_grad()
-def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, *, batch_size: int = 32,
+def evaluate_tokens(model: LanguageModel, tokens: np.ndarray, *, batch_size: int = 32,
                     device: str = "cpu") -> tuple[float, int]:
     """Mean next-token loss over every token of ``tokens`` (non-overlapping windows); (loss, count)."""
     block = model.dims.block_size

@@ -8,6 +8,7 @@ FFN (or a router around FFN experts), a final norm and a head tied to the token 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -18,7 +19,18 @@ from torch import nn
 
 from apt.errors import ConfigError, ProviderError
 from apt.profile import Profile
-from apt.providers import MODEL_KINDS, ModelDims, Provider, ResidualOutput, SelfInitialised, Switchable
+from apt.providers import (
+    MODEL_KINDS,
+    AlignProvider,
+    AttentionProvider,
+    FFNProvider,
+    ModelDims,
+    Provider,
+    ResidualOutput,
+    RouterProvider,
+    SelfInitialised,
+    Switchable,
+)
 from apt.registry import Registry, Resolution, default_registry
 
 
@@ -77,7 +89,7 @@ class BuiltModel:
     #: Provider instances by "kind.name", to register with the plugin manager.
     instances: dict[str, Provider]
     #: switch name -> modules whose ``enabled`` flag the curriculum controls.
-    switches: dict[str, list[nn.Module]] = field(default_factory=dict)
+    switches: dict[str, list[Switchable]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -106,34 +118,38 @@ class ModelBuilder:
                     raise ConfigError(f"providers.{kind}.{res.name}.{err.key}", err.message) from None
                 instances[kind] = provider
         dims = self.dims
+        # The registry checked each class against its kind's interface; these narrow the types.
         attention, ffn = instances["attention"], instances["ffn"]
-        router = instances.get("router")
-        switches: dict[str, list[nn.Module]] = {}
+        router, align = instances.get("router"), instances.get("align")
+        assert isinstance(attention, AttentionProvider) and isinstance(ffn, FFNProvider)
+        assert router is None or isinstance(router, RouterProvider)
+        assert align is None or isinstance(align, AlignProvider)
+        switches: dict[str, list[Switchable]] = {}
         blocks = []
         for layer in range(dims.n_layer):
             attn = attention.build(dims, layer)
             if router is not None:
-                mlp = router.build(dims, layer, lambda layer=layer: ffn.build(dims, layer))
+                mlp = router.build(dims, layer, functools.partial(ffn.build, dims, layer))
+                _add_switch(switches, router, mlp)
             else:
                 mlp = ffn.build(dims, layer)
+                _add_switch(switches, ffn, mlp)
+            _add_switch(switches, attention, attn)
             blocks.append(Block(dims, attn, mlp))
-            for provider, module in ((attention, attn), (ffn, mlp), (router, mlp)):
-                _add_switch(switches, provider, module)
         extras = {}
-        align = instances.get("align")
         if align is not None:
             extras["align"] = align.build(dims)
             _add_switch(switches, align, extras["align"])
         model = LanguageModel(dims, blocks, extras)
         init_weights(model)
-        used = {kind: {"name": res.name, "version": res.info.version, "distribution": res.info.distribution}
+        used = {kind: {"name": res.info.name, "version": res.info.version, "distribution": res.info.distribution}
                 for kind, res in resolutions.items() if res.info is not None}
         warnings = [res.warning for res in resolutions.values() if res.warning]
         return BuiltModel(model, used, {f"{p.kind}.{p.name}": p for p in instances.values()}, switches, warnings)
 
 
-def _add_switch(switches: dict[str, list[nn.Module]], provider: Provider | None, module: nn.Module) -> None:
-    if provider is None or not provider.switch:
+def _add_switch(switches: dict[str, list[Switchable]], provider: Provider, module: nn.Module) -> None:
+    if not provider.switch:
         return
     if not isinstance(module, Switchable):
         raise ProviderError(f"{provider.kind}.{provider.name} declares curriculum switch {provider.switch!r} but "

@@ -249,17 +249,9 @@ def build_provider_configs(profile: Profile) -> None:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``a.b=c`` -> (``"a.b"``, YAML value of ``c``)."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise AptError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set train.lr=3e-4")
-    key = _canonical(key)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+    """``a.b=c`` -> (``"a.b"``, YAML value of ``c``), seed-era key spellings mapped to today's."""
+    key, value = cfg.parse_assignment(item, "--set", "train.lr=3e-4")
+    return _canonical(key), value
 
 
 def _assign(data: dict[str, Any], key: str, value: Any, source: str) -> None:

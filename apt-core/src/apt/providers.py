@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from apt.model import LanguageModel
+
 #: Every provider kind, in the order listings show them.
 KINDS = ("attention", "ffn", "router", "align", "retriever", "voter", "quant")
 #: The kinds a model is assembled from (the profile's ``model.<kind>`` keys); the rest serve generation.
@@ -74,7 +76,7 @@ class Provider(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def check(self, dims: ModelDims) -> None:
+    def check(self, dims: ModelDims) -> None:  # noqa: B027 (optional hook: most providers need no check)
         """Validate the config against the model's shape; raise :class:`apt.errors.ConfigError`.
 
         The key of the error is relative to this provider's config (``"r"``, not
@@ -152,6 +154,16 @@ class SearchIndex(Protocol):
         """The ``k`` best passages for ``query``, best first."""
 
 
+class TextEncoder(Protocol):
+    """What a retriever may ask of the model's tokenizer to fit passages into its context."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; raises :class:`apt.errors.AptError` for text it cannot encode."""
+
+    def encodable(self, text: str) -> str:
+        """``text`` without the characters the tokenizer cannot encode."""
+
+
 class Retriever(Protocol):
     """What :meth:`RetrieverProvider.build` returns; it holds any model the retriever needs."""
 
@@ -163,6 +175,10 @@ class Retriever(Protocol):
 
     def augment(self, prompt: str, passages: list[Passage]) -> str:
         """The prompt the model is conditioned on (the provider's configurable template)."""
+
+    def fit(self, prompt: str, passages: list[Passage], tokenizer: TextEncoder, budget: int) -> list[Passage]:
+        """The passages to keep, best first, so that ``augment(prompt, kept)`` encodes to at most
+        ``budget`` tokens; the prompt itself must stay whole."""
 
 
 class RetrieverProvider(Provider):
@@ -176,7 +192,17 @@ class RetrieverProvider(Provider):
 
 
 class Voter(Protocol):
-    """What :meth:`VoterProvider.build` returns: the decision whether to vote at all."""
+    """What :meth:`VoterProvider.build` returns: how many samples to draw, whether to vote, and the
+    request its pure data hook (``VoterProvider.vote_hook``) decides on."""
+
+    #: Candidates to sample per question, and their sampling temperature.
+    samples: int
+    temperature: float
+    #: Next-token entropy (nats) above which a vote is worth K samples; None: always vote.
+    threshold: float | None
+
+    def request(self, candidates: list[str], logprobs: list[float]) -> dict[str, Any]:
+        """JSON for the vote hook: ``candidates``, their mean ``logprobs`` and the voter's own settings."""
 
     def entropy(self, probs: list[float]) -> float:
         """Entropy in nats of a next-token distribution."""
@@ -188,10 +214,10 @@ class Voter(Protocol):
 class VoterProvider(Provider):
     """Chooses among sampled candidates (self-consistency).
 
-    ``vote_hook`` names the pure data hook ``"module:function"``: it takes
-    ``{"candidates": [...], "logprobs": [...], "normalise": ...}`` and returns the vote as JSON
-    (``winner``, ``normalised``, ``agreement``, ``votes``, ``counts``, ``tie_broken_by_logprob``),
-    so the kernel can run it in a sandbox (:mod:`apt.isolation`).
+    ``vote_hook`` names the pure data hook ``"module:function"``: it takes what
+    :meth:`Voter.request` built and returns the vote as JSON (``winner``, ``normalised``,
+    ``agreement``, ``votes``, ``counts``, ``tie_broken_by_logprob``), so the kernel can run it in a
+    sandbox (:mod:`apt.isolation`).
     """
 
     kind = "voter"
@@ -210,10 +236,10 @@ class QuantProvider(Provider):
     devices: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
-    def apply(self, model: nn.Module) -> nn.Module:
-        ...
+    def apply(self, model: LanguageModel) -> LanguageModel:
+        """The model rewritten in place or anew; it must still be a :class:`apt.LanguageModel`."""
 
-    def restore(self, model: nn.Module, device: str) -> nn.Module:
+    def restore(self, model: LanguageModel, device: str) -> LanguageModel:
         """``model`` (freshly built, float) rewritten so a quantised checkpoint's state dict loads into it.
 
         What :func:`apt.checkpoint.load_model` calls for a checkpoint written by ``apt quantize``;

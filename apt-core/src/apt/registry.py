@@ -162,7 +162,7 @@ class Registry:
     def make(self, kind: str, name: str, options: Mapping[str, Any] | None) -> Provider:
         """Instantiate a provider with its config validated from ``options``."""
         cls = self.load(kind, name)
-        config = cfg.build(cls.Config, options or {}, f"providers.{kind}.{cls.name}")
+        config: Any = cfg.build(cls.Config, options or {}, f"providers.{kind}.{cls.name}")
         return cls(config)
 
     def _warn_once(self, key: str, message: str) -> None:

@@ -357,7 +357,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from apt import AptError, Document, Passage, atomic_write
+from apt import AptError, Document, Passage, TextEncoder, atomic_write
 
 FORMAT = "$distribution-index"
 
@@ -402,6 +402,15 @@ class OverlapRetriever:
         if not passages:
             return prompt
         return self.template.format(passages="\\n".join(p.text for p in passages), prompt=prompt)
+
+    def fit(self, prompt: str, passages: list[Passage], tokenizer: TextEncoder, budget: int) -> list[Passage]:
+        kept: list[Passage] = []
+        for passage in passages:
+            candidate = Passage(tokenizer.encodable(passage.text), passage.source, passage.score)
+            if len(tokenizer.encode(self.augment(prompt, [*kept, candidate]))) > budget:
+                break
+            kept.append(candidate)
+        return kept
 '''
 
 VOTER_PROVIDER = '''"""The voter.$name provider (pure Python: voting is data in, data out)."""
@@ -432,7 +441,8 @@ class $cls(VoterProvider):
     vote_hook = "$package.module:vote"  # runs in apt-sandbox when the package requires it
 
     def build(self) -> MajorityVoter:
-        return MajorityVoter(self.config.vote_threshold)
+        c = self.config
+        return MajorityVoter(c.k, c.temperature, c.vote_threshold, c.normalise)
 '''
 
 VOTER_MODULE = '''"""Voting as pure functions of JSON data, so the kernel can run them in a sandbox."""
@@ -460,8 +470,14 @@ def vote(request: dict[str, Any]) -> dict[str, Any]:
 
 
 class MajorityVoter:
-    def __init__(self, threshold: float | None) -> None:
+    def __init__(self, samples: int, temperature: float, threshold: float | None, normalise: str) -> None:
+        self.samples = samples
+        self.temperature = temperature
         self.threshold = threshold
+        self.normalise = normalise
+
+    def request(self, candidates: list[str], logprobs: list[float]) -> dict[str, Any]:
+        return {"candidates": candidates, "logprobs": logprobs, "normalise": self.normalise}
 
     def entropy(self, probs: list[float]) -> float:
         return -sum(p * math.log(p) for p in probs if p > 0)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from apt import config as cfg
 from apt.config import option, require
+from apt.errors import ConfigError
 
 _SWITCH = re.compile(r"^enable_([a-z][a-z0-9_]*)_at_epoch$")
 
@@ -67,12 +68,12 @@ class Schedule:
             match = _SWITCH.match(key)
             if match:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise cfg.ConfigError(path, f"expected an epoch number >= 1, got {value!r}")
+                    raise ConfigError(path, f"expected an epoch number >= 1, got {value!r}")
                 self.switches[match.group(1)] = value
             elif isinstance(value, Mapping):
                 self.params[key] = cfg.build(Anneal, value, path)
             else:
-                raise cfg.ConfigError(path, "expected enable_<plugin>_at_epoch: N or "
+                raise ConfigError(path, "expected enable_<plugin>_at_epoch: N or "
                                             "{start, end, by, mode, warmup}")
         self.step = 0
 

@@ -82,7 +82,7 @@ def test_disabled_layer_is_the_dense_ffn_and_upcycling_copies_it():
     assert moe.aux is None
     moe.upcycle()
     for expert in moe.experts[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(expert.parameters(), moe.experts[0].parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(expert.parameters(), moe.experts[0].parameters(), strict=True))
 
 
 def test_bf16_autocast_routes():

@@ -76,23 +76,26 @@ def test_bf16_casts_every_floating_weight():
 class RawExperts(nn.Module):
     """Experts held as one batched weight Parameter, the way fused MoE kernels keep them."""
 
-    def __init__(self):
+    def __init__(self, d: int):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(4, 8, 8))
-        self.gate = nn.Linear(8, 4)
+        self.w = nn.Parameter(torch.randn(4, d, d))
+        self.gate = nn.Linear(d, 4)
 
     def forward(self, x):
-        return torch.einsum("bi,eio->bo", x, self.w) + self.gate(x).sum()
+        return torch.einsum("bti,eio->bto", x, self.w) + self.gate(x).sum()
 
 
 def test_int8_refuses_weights_outside_linear_layers():
-    model = nn.Sequential(nn.Linear(8, 8), RawExperts())
+    from apt.testing import tiny_model
+
+    model = tiny_model()
+    model.blocks[1].mlp = RawExperts(model.dims.d_model)
     with pytest.raises(AptError) as info:
         quant("int8_dynamic").apply(model)
     message = str(info.value)
-    assert "1 (RawExperts)" in message and "4x8x8 weight 'w'" in message and "--method bf16" in message
+    assert "blocks.1.mlp (RawExperts)" in message and "4x32x32 weight 'w'" in message and "--method bf16" in message
     assert "\n" not in message
-    assert quant("bf16").apply(model)[1].w.dtype == torch.bfloat16, "bf16 takes the same model"
+    assert quant("bf16").apply(model).blocks[1].mlp.w.dtype == torch.bfloat16, "bf16 takes the same model"
 
 
 def test_int8_refuses_a_router_that_reads_its_linear_weight():
@@ -139,22 +142,23 @@ def test_int8_quantises_tri_vein_attention_through_its_inference_form(tmp_path):
 
 
 def test_inference_forms_swaps_only_modules_that_have_one():
+    from apt.testing import tiny_model
     from apt_plugin_quant.quantize import inference_forms
 
     class Folded(nn.Module):
         def __init__(self, layer):
             super().__init__()
-            self.lin = nn.Linear(8, 8)
+            self.lin = nn.Linear(layer.lin.in_features, layer.lin.out_features)
             self.lin.load_state_dict(layer.lin.state_dict())
 
         def forward(self, x):
             return self.lin(x)
 
     class Foldable(nn.Module):
-        def __init__(self):
+        def __init__(self, d=8):
             super().__init__()
-            self.lin = nn.Linear(8, 8)
-            self.inner = RawExperts()  # a child of a replaced module is not visited
+            self.lin = nn.Linear(d, d)
+            self.inner = RawExperts(d)  # a child of a replaced module is not visited
 
         def forward(self, x):
             return self.lin(x)
@@ -168,11 +172,14 @@ def test_inference_forms_swaps_only_modules_that_have_one():
     swapped = inference_forms(model)
     assert [type(m) for m in (swapped[1][0], swapped[2], model[1][0], model[2])] == [Folded, Folded, Foldable, Foldable]
     assert type(inference_forms(Foldable())) is Folded
-    q = quant("int8_dynamic").apply(model)
-    assert not linears(q)
-    x = torch.randn(2, 8)
+    lm = tiny_model()
+    lm.blocks[0].mlp = Foldable(lm.dims.d_model)
+    q = quant("int8_dynamic").apply(lm)
+    assert not linears(q) and type(q.blocks[0].mlp) is Folded
+    x = torch.randint(0, lm.dims.vocab_size, (2, lm.dims.block_size))
     with torch.no_grad():
-        assert (q(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+        ref = lm(x).logits
+        assert (q(x).logits - ref).abs().max() < 0.05 * ref.abs().max()
 
 
 @pytest.mark.parametrize("method", ["int8_dynamic", "bf16"])
@@ -199,7 +206,7 @@ def test_quantised_file_reloads_through_load_model(tmp_path, method):
 def test_registered_self_tested_and_torch_free_at_import():
     for method in ("int8_dynamic", "bf16"):
         assert default_registry().info("quant", method).distribution == "apt-plugin-quant"
-        assert quant(method).self_test().startswith(f"{method}: small MLP within")
+        assert quant(method).self_test().startswith(f"{method}: tiny model within")
     code = ("import sys, apt_plugin_quant.provider, apt_plugin_quant.cli; "
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)

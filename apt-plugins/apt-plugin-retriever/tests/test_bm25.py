@@ -11,6 +11,7 @@ from apt.errors import AptError
 from apt.providers import Document, Passage
 from apt.registry import default_registry
 from apt_plugin_retriever.bm25 import tokenize_char3, tokenize_words, top_k
+from apt_plugin_retriever.provider import Bm25Config, Bm25Provider
 
 DOCS = [Document("the cat sat on the mat", "d0"), Document("the dog sat", "d1"), Document("cats and dogs", "d2")]
 
@@ -46,7 +47,7 @@ def reference_scores(texts, query, k1, b):
     lengths = [sum(d.values()) for d in docs]
     avgdl = sum(lengths) / len(docs)
     out = []
-    for d, length in zip(docs, lengths):
+    for d, length in zip(docs, lengths, strict=True):
         s = 0.0
         for term in tokenize_words(query):
             df = sum(term in other for other in docs)
@@ -161,3 +162,23 @@ def test_no_documents_and_self_test(tmp_path):
     assert not (tmp_path / "e.idx").exists()
     provider = default_registry().make("retriever", "bm25", {})
     assert provider.self_test() == "bm25: index, search and round-trip ok"
+
+
+def test_fit_drops_low_ranked_then_cuts_the_best():
+    from apt.tokenizers import CharTokenizer
+
+    retriever = Bm25Provider(Bm25Config(template="{passages}{prompt}", passage_template="{text}\n")).build()
+    tok = CharTokenizer("abcdefgh\n?")
+    ranked = [Passage("abcd", "a:1", 3.0), Passage("efgh", "a:2", 2.0), Passage("hhhhhhhh", "a:3", 1.0)]
+    assert retriever.fit("?", ranked, tok, 100) == ranked
+    assert retriever.fit("?", ranked, tok, 11) == ranked[:2]
+    assert retriever.fit("?", [Passage("abcdefgh", "a:1", 1.0)], tok, 5) == [Passage("abc", "a:1", 1.0)]
+    assert retriever.fit("?", ranked, tok, 1) == []
+
+
+def test_fit_drops_characters_the_model_never_saw():
+    from apt.tokenizers import CharTokenizer
+
+    retriever = Bm25Provider(Bm25Config(template="{passages}{prompt}", passage_template="{text}\n")).build()
+    assert retriever.fit("?", [Passage("aXbYc", "d:1", 1.0)], CharTokenizer("abc\n?"), 100) == [
+        Passage("abc", "d:1", 1.0)]

@@ -4,6 +4,7 @@ import json
 import re
 
 import pytest
+
 from support import assert_one_line_error, run
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from apt.testing import ProviderContract
 from apt_plugin_retriever.provider import Bm25Provider, DenseProvider
 

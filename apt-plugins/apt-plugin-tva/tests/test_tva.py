@@ -113,7 +113,7 @@ def test_inference_form_matches_forward(bias, r, s, kernel_dim):
     folded = layer.inference_form()
     assert isinstance(folded, FoldedTriVein) and not folded.training
     assert [type(m) for m in folded.children() if isinstance(m, nn.Linear)] == [nn.Linear] * 3
-    assert not [n for n, p in folded.named_parameters() if not n.split(".")[0] in ("in_proj", "value", "out_proj")]
+    assert not [n for n, p in folded.named_parameters() if n.split(".")[0] not in ("in_proj", "value", "out_proj")]
     assert {n for n, _ in folded.named_buffers()} == {"vein", "lift"}, "the gate's tensors are saved with the model"
     assert folded.in_proj.out_features == 4 * (3 * r + s) and folded.out_proj.in_features == 4 * (r + s)
     assert (folded.in_proj.bias is not None) is bias and (folded.out_proj.bias is not None) is bias

@@ -16,7 +16,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dims.dropout
         self.qkv = nn.Linear(dims.d_model, 3 * dims.d_model, bias=dims.bias)
         self.proj = nn.Linear(dims.d_model, dims.d_model, bias=dims.bias)
-        self.proj.apt_residual = True
+        self.proj.apt_residual = True  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
         self.resid_dropout = nn.Dropout(dims.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ class DenseFFN(nn.Module):
         super().__init__()
         self.fc = nn.Linear(dims.d_model, d_ff, bias=dims.bias)
         self.proj = nn.Linear(d_ff, dims.d_model, bias=dims.bias)
-        self.proj.apt_residual = True
+        self.proj.apt_residual = True  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
         self.dropout = nn.Dropout(dims.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import NoReturn
 
 from apt import __version__
@@ -59,14 +59,14 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def _external() -> dict[str, object]:
+def _external() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP) if ep.name not in BUILTIN}
 
 
-def _usage(external: dict[str, object]) -> str:
+def _usage(external: dict[str, EntryPoint]) -> str:
     lines = [f"usage: apt COMMAND ...   (apt {__version__})", "", "commands:"]
     lines += [f"  {name:<12} {summary}" for name, (_, summary) in BUILTIN.items()]
-    lines += [f"  {name:<12} (from {getattr(ep, 'dist', None) and ep.dist.metadata['Name']})"
+    lines += [f"  {name:<12} (from {ep.dist.metadata['Name'] if ep.dist else '?'})"
               for name, ep in sorted(external.items())]
     lines += ["", "run 'apt COMMAND --help' for a command's options"]
     return "\n".join(lines)

@@ -16,31 +16,15 @@ from typing import Any
 
 from apt.cli import ArgumentParser
 from apt.cli.run import checkpoint_args
+from apt.config import parse_assignments
 from apt.errors import AptError, ConfigError
-from apt.providers import Passage
 from apt.registry import DEFAULTS, default_registry
-from apt.tokenizers import Tokenizer
 
 log = logging.getLogger("apt")
 
 
 def run(command: str, argv: Sequence[str]) -> int:
     return generate(argv)
-
-
-def _options(text: str, flag: str) -> dict[str, Any]:
-    """``k=5,normalise=numeric`` (or a bare ``5`` for ``k``) -> provider options."""
-    import yaml
-
-    options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            key, raw = "k", item
-        if not key.strip() or not raw.strip():
-            raise AptError(f"{flag} {text!r}: expected KEY=VALUE[,KEY=VALUE...], e.g. {flag} k=5")
-        options[key.strip()] = yaml.safe_load(raw)
-    return options
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,7 +82,7 @@ def generate(argv: Sequence[str]) -> int:
         retriever = _provider("retriever", name, options, "--retriever").build()
         passages = retriever.open(args.index).search(args.prompt, args.passages)
         budget = model.dims.block_size - min(args.max_new_tokens, model.dims.block_size // 4)
-        kept = fit_passages(retriever.augment, tokenizer, args.prompt, passages, budget)
+        kept = retriever.fit(args.prompt, passages, tokenizer, budget)
         prompt = retriever.augment(args.prompt, kept)
         report["passages"] = [{"rank": i + 1, "score": p.score, "source": p.source, "text": p.text,
                                "used": i < len(kept)} for i, p in enumerate(passages)]
@@ -137,15 +121,16 @@ def _vote(args: argparse.Namespace, loaded: Any, prompt: str, common: dict[str, 
     from apt.isolation import call_data_hook
 
     name = DEFAULTS["voter"]
-    options = {**loaded.profile.provider_options("voter", name), **_options(args.vote, "--vote")}
+    items = [part.strip() for part in args.vote.split(",") if part.strip()]
+    options = {**loaded.profile.provider_options("voter", name), **parse_assignments(items, "--vote", "k=5")}
     provider = _provider("voter", name, options, "--vote")
-    voter, config = provider.build(), provider.config
+    voter = provider.build()
     threshold = args.vote_threshold
     source = "--vote-threshold"
     if threshold is None and "vote_threshold" in loaded.state.get("schedule", {}):
         threshold, source = loaded.state["schedule"]["vote_threshold"], "the checkpoint's vote_threshold schedule"
     if threshold is None:
-        threshold, source = config.vote_threshold, f"providers.voter.{name}.vote_threshold"
+        threshold, source = voter.threshold, f"the voter's config (providers.voter.{name})"
     if threshold is not None:
         probs = next_token_probs(loaded.model, loaded.tokenizer, prompt, device=args.device)
         entropy = report["entropy"] = voter.entropy(probs)
@@ -154,46 +139,20 @@ def _vote(args: argparse.Namespace, loaded: Any, prompt: str, common: dict[str, 
             report["vote"] = None
             return sample(loaded.model, loaded.tokenizer, prompt, temperature=args.temperature, **common)[0].text
         say(f"vote: next-token entropy {entropy:.3f} nats > {threshold:g} ({source})")
-    completions = sample(loaded.model, loaded.tokenizer, prompt, temperature=config.temperature,
-                         num_samples=config.k, **common)
-    request = {"candidates": [c.text for c in completions], "logprobs": [c.mean_logprob for c in completions],
-               "normalise": config.normalise}
+    completions = sample(loaded.model, loaded.tokenizer, prompt, temperature=voter.temperature,
+                         num_samples=voter.samples, **common)
+    request = voter.request([c.text for c in completions], [c.mean_logprob for c in completions])
     result = call_data_hook(provider, provider.vote_hook, request, sandboxed=args.sandbox)
-    report["vote"] = {**result, "candidates": request["candidates"], "normalise": config.normalise}
+    settings = {k: v for k, v in request.items() if k not in ("candidates", "logprobs")}
+    report["vote"] = {**result, **settings, "candidates": request["candidates"]}
     counts = ", ".join(f"{key!r} x{n}" for key, n in sorted(result["counts"].items(), key=lambda kv: -kv[1]))
     where = " in the sandbox" if args.sandbox or provider.sandbox == "required" else ""
-    say(f"vote{where}: {config.k} samples at temperature {config.temperature:g}, normalise={config.normalise}: "
-        f"{counts}")
+    shown = "".join(f", {k}={v}" for k, v in settings.items())
+    say(f"vote{where}: {voter.samples} samples at temperature {voter.temperature:g}{shown}: {counts}")
     say(f"winner {result['normalised']!r}: {result['counts'][result['normalised']]} of {result['votes']} agree "
         f"(agreement {result['agreement']:.2f})" + (", tie broken by mean log-probability"
                                                     if result["tie_broken_by_logprob"] else ""))
     return result["winner"]
-
-
-def fit_passages(augment: Any, tokenizer: Tokenizer, prompt: str, passages: list[Passage],
-                 budget: int) -> list[Passage]:
-    """The best-ranked passages whose augmented prompt fits ``budget`` tokens.
-
-    The question must stay in the model's window, so lower-ranked passages go first; if even the
-    best one is too long it is cut short. Characters a char-level model never saw are dropped
-    from passages (the prompt itself must still be encodable).
-    """
-    clean = [Passage(tokenizer.encodable(p.text), p.source, p.score) for p in passages]
-    kept: list[Passage] = []
-    for passage in clean:
-        if len(tokenizer.encode(augment(prompt, [*kept, passage]))) > budget:
-            break
-        kept.append(passage)
-    if not kept and clean:
-        best = clean[0]
-        lo, hi = 0, len(best.text)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            trial = Passage(best.text[:mid], best.source, best.score)
-            lo, hi = (mid, hi) if len(tokenizer.encode(augment(prompt, [trial]))) <= budget else (lo, mid - 1)
-        if lo:
-            kept = [Passage(best.text[:lo], best.source, best.score)]
-    return kept
 
 
 def _provider(kind: str, name: str, options: dict[str, Any], flag: str) -> Any:

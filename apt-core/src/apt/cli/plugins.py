@@ -87,7 +87,7 @@ def list_providers(args: argparse.Namespace) -> int:
                      status if r["status"] != "ok" else "ok", config if r["status"] == "ok" else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
     return 0
 
 

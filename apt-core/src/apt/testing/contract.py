@@ -29,12 +29,16 @@ from apt import config as cfg
 from apt.errors import AptError, ProviderError
 from apt.providers import (
     MODEL_KINDS,
+    AlignProvider,
+    AttentionProvider,
     EvidenceAligner,
+    FFNProvider,
     HasInferenceForm,
     ModelDims,
     Provider,
     QuantProvider,
     RetrieverProvider,
+    RouterProvider,
     Switchable,
     VoterProvider,
     check_provider_class,
@@ -43,6 +47,8 @@ from apt.registry import GROUP, Registry
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from apt.model import LanguageModel
 
 #: Shapes every model-part provider is built for: several widths, head counts and depths.
 DIMS = (
@@ -197,8 +203,11 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
 def check_retriever(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
     """Index three documents, reopen the index, search it, and augment a prompt with the passages."""
     from apt.providers import Document, Passage
+    from apt.tokenizers import ByteTokenizer
 
-    retriever = _instance(provider, options).build()  # type: ignore[call-arg]
+    instance = _instance(provider, options)
+    assert isinstance(instance, RetrieverProvider)
+    retriever = instance.build()
     docs = [Document("the cat sat on the mat", "a.txt:1"), Document("dogs bark at night", "b.txt:1"),
             Document("a cat and a dog met", "c.txt:1")]
     with _scratch() as tmp:
@@ -210,6 +219,13 @@ def check_retriever(provider: type[Provider], options: Mapping[str, Any] | None 
         assert hits[0].source in ("a.txt:1", "c.txt:1"), f"'cat' should find a cat document first, got {hits[0]}"
         prompt = retriever.augment("Where is the cat?", hits)
         assert "Where is the cat?" in prompt, "augment() must keep the prompt"
+        tokenizer = ByteTokenizer()
+        for budget in (len(tokenizer.encode("Where is the cat?")), len(tokenizer.encode(prompt)), 10_000):
+            kept = retriever.fit("Where is the cat?", hits, tokenizer, budget)
+            assert [p.source for p in kept] == [p.source for p in hits[: len(kept)]], "fit() must keep the best first"
+            used = len(tokenizer.encode(retriever.augment("Where is the cat?", kept)))
+            assert used <= budget, f"fit() kept passages that need {used} tokens of a {budget}-token budget"
+        assert retriever.fit("Where is the cat?", hits, tokenizer, 10_000) == hits
         try:
             retriever.open(tmp / "missing.idx")
         except AptError:
@@ -225,10 +241,11 @@ def check_voter(provider: type[Provider], options: Mapping[str, Any] | None = No
     voter = instance.build()
     assert abs(voter.entropy([0.25] * 4) - math.log(4)) < 1e-6, "entropy() of a uniform 4-way choice must be ln 4"
     assert voter.should_vote([0.25] * 4, 0.5) and not voter.should_vote([1.0, 0.0, 0.0, 0.0], 0.5)
+    assert voter.samples >= 1 and voter.temperature > 0, "a voter draws at least one sample at a positive temperature"
     module, _, attr = instance.vote_hook.partition(":")
     hook: Callable[[Any], Any] = getattr(importlib.import_module(module), attr)
-    request = {"candidates": ["42", "42", "7"], "logprobs": [-1.0, -1.2, -0.5],
-               "normalise": getattr(instance.config, "normalise", "exact")}
+    request = voter.request(["42", "42", "7"], [-1.0, -1.2, -0.5])
+    assert request["candidates"] == ["42", "42", "7"] and request["logprobs"] == [-1.0, -1.2, -0.5]
     result = hook(json.loads(json.dumps(request)))
     json.dumps(result)
     missing = {"winner", "normalised", "agreement", "votes", "counts", "tie_broken_by_logprob"} - set(result)
@@ -240,16 +257,9 @@ def check_quant(provider: type[Provider], options: Mapping[str, Any] | None = No
     """``apply`` keeps the logits close; ``restore`` on a fresh model takes the rewritten state dict exactly."""
     import torch
 
-    from apt.model import ModelBuilder
-    from apt.profile import Profile
-
     instance = _instance(provider, options)
     assert isinstance(instance, QuantProvider)
-    profile = cfg.build(Profile, {"model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16,
-                                            "attention": "sdpa", "ffn": "dense"}})
-    registry = _registry(None)
-    torch.manual_seed(0)
-    model = ModelBuilder(profile, 13, registry=registry).build().model.eval()
+    model = tiny_model(seed=0)
     x = torch.randint(0, 13, (2, 16))
     with torch.no_grad():
         reference = model(x).logits.float()
@@ -258,8 +268,7 @@ def check_quant(provider: type[Provider], options: Mapping[str, Any] | None = No
     assert logits.shape == reference.shape and torch.isfinite(logits).all()
     error = (logits - reference).abs().max() / reference.abs().max()
     assert error < 0.1, f"{provider.__name__}: apply() moves the logits by {error:.3f} of their range"
-    torch.manual_seed(1)
-    fresh = instance.restore(ModelBuilder(profile, 13, registry=registry).build().model, "cpu")
+    fresh = instance.restore(tiny_model(seed=1), "cpu")
     buffer = io.BytesIO()
     torch.save(rewritten.state_dict(), buffer)
     buffer.seek(0)
@@ -267,6 +276,19 @@ def check_quant(provider: type[Provider], options: Mapping[str, Any] | None = No
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x).logits.float(), logits, atol=1e-6), (
             f"{provider.__name__}: restore() + load_state_dict does not reproduce the rewritten model")
+
+
+def tiny_model(vocab_size: int = 13, seed: int = 0) -> LanguageModel:
+    """A 2-layer sdpa + dense model in eval mode (block 16, d_model 32): what quantisers and self-tests run on."""
+    import torch
+
+    from apt.model import ModelBuilder
+    from apt.profile import Profile
+
+    profile = cfg.build(Profile, {"model": {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16,
+                                            "attention": "sdpa", "ffn": "dense"}})
+    torch.manual_seed(seed)
+    return ModelBuilder(profile, vocab_size, registry=_registry(None)).build().model.eval()
 
 
 # -- internals -----------------------------------------------------------------------------------
@@ -278,19 +300,19 @@ def _numeric(tp: Any) -> bool:
 
 
 def _instance(provider: type[Provider], options: Mapping[str, Any] | None) -> Provider:
-    config = cfg.build(provider.Config, dict(options or {}), f"providers.{provider.kind}.{provider.name}")
+    config: Any = cfg.build(provider.Config, dict(options or {}), f"providers.{provider.kind}.{provider.name}")
     return provider(config)
 
 
 def _build(instance: Provider, dims: ModelDims) -> nn.Module:
     from apt.builtin.layers import DenseFFN
 
-    build: Any = instance.build  # type: ignore[attr-defined]
-    if instance.kind == "router":
-        return build(dims, 0, lambda: DenseFFN(dims, 4 * dims.d_model))
-    if instance.kind == "align":
-        return build(dims)
-    return build(dims, 0)
+    if isinstance(instance, RouterProvider):
+        return instance.build(dims, 0, lambda: DenseFFN(dims, 4 * dims.d_model))
+    if isinstance(instance, AlignProvider):
+        return instance.build(dims)
+    assert isinstance(instance, (AttentionProvider, FFNProvider)), f"{instance.kind} providers build no module"
+    return instance.build(dims, 0)
 
 
 def _assert_same_state(a: nn.Module, b: nn.Module, message: str) -> None:

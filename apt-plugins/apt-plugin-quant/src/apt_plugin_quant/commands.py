@@ -10,9 +10,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from apt import MODEL_FILE, AptError, RunError, atomic_write, checkpoint_dir, default_registry, load_model, save_file
+from apt import (
+    MODEL_FILE,
+    AptError,
+    LanguageModel,
+    QuantProvider,
+    RunError,
+    atomic_write,
+    checkpoint_dir,
+    default_registry,
+    load_model,
+    parse_assignments,
+    save_file,
+)
 from apt_plugin_quant import __version__
 from apt_plugin_quant.measure import generation_speed, held_out_loss, saved_bytes
 
@@ -20,23 +31,14 @@ from apt_plugin_quant.measure import generation_speed, held_out_loss, saved_byte
 KEPT_KEYS = ("step", "run_id", "profile", "providers", "tokenizer")
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise AptError(f"--set {pair!r}: expected OPTION=VALUE, e.g. --set per_channel=false")
-        options[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return options
-
-
 def run_quantize(args: argparse.Namespace) -> int:
     registry = default_registry()
     if registry.info("quant", args.method) is None:
         names = ", ".join(sorted(info.name for info in registry.infos("quant"))) or "none"
         raise AptError(f"unknown --method {args.method!r}: choose one of the installed quant providers ({names})")
-    provider = registry.make("quant", args.method, parse_options(args.options))
-    devices = getattr(provider, "devices", None)
+    provider = registry.make("quant", args.method, parse_assignments(args.options, "--set", "per_channel=false"))
+    assert isinstance(provider, QuantProvider)  # the registry checked the class against its kind
+    devices = provider.devices
     if devices and torch.device(args.device).type not in devices:
         raise AptError(f"--method {args.method} runs on {' or '.join(devices)} only: pass --device {devices[0]}")
     if args.out.exists() and not args.out.is_dir():
@@ -106,7 +108,7 @@ def _eval_ids(args: argparse.Namespace, tokenizer: Any) -> np.ndarray:
 
 
 @torch.no_grad()
-def _max_logit_diff(a: torch.nn.Module, b: torch.nn.Module, device: str) -> float:
+def _max_logit_diff(a: LanguageModel, b: LanguageModel, device: str) -> float:
     dims = a.dims
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, dims.vocab_size, (2, dims.block_size), generator=gen).to(device)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from apt import AptError, CheckpointError, Loaded, RunError, fsync_dir, load_model, rebuild
+from apt import AptError, CheckpointError, LanguageModel, Loaded, RunError, fsync_dir, load_model, rebuild
 from apt import __version__ as apt_version
 
 SAFETENSORS_FORMAT = "apt-safetensors"
@@ -150,13 +150,13 @@ def _safetensors_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 # -- torch.export ------------------------------------------------------------------------------
 
-def _dynamic_shapes(model: nn.Module) -> dict[str, Any]:
+def _dynamic_shapes(model: LanguageModel) -> dict[str, Any]:
     from torch.export import Dim
 
     return {"idx": {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=model.dims.block_size)}}
 
 
-def export_pt2(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+def export_pt2(model: LanguageModel, path: Path, example: torch.Tensor) -> None:
     with _exporting("torch-export"):
         program = torch.export.export(LogitsOnly(model).eval(), (example,), dynamic_shapes=_dynamic_shapes(model))
         torch.export.save(program, str(path))
@@ -170,7 +170,7 @@ def _pt2_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 # -- ONNX --------------------------------------------------------------------------------------
 
-def export_onnx(model: nn.Module, path: Path, example: torch.Tensor) -> None:
+def export_onnx(model: LanguageModel, path: Path, example: torch.Tensor) -> None:
     with _exporting("onnx"):
         torch.onnx.export(LogitsOnly(model).eval(), (example,), str(path), dynamo=True,
                           dynamic_shapes=_dynamic_shapes(model), input_names=["idx"], output_names=["logits"],
@@ -209,7 +209,7 @@ def _exporting(fmt: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _tokens(model: nn.Module, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+def _tokens(model: LanguageModel, batch: int, length: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.dims.vocab_size, (batch, length), generator=gen)
 

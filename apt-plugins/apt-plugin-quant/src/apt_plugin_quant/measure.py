@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from apt import evaluate_tokens, interleave, paired_ratio, sample
+from apt import LanguageModel, evaluate_tokens, interleave, paired_ratio, sample
 
 
 def saved_bytes(state: dict[str, Any]) -> int:
@@ -22,14 +22,14 @@ def saved_bytes(state: dict[str, Any]) -> int:
     return buffer.getbuffer().nbytes
 
 
-def generation_speed(models: dict[str, torch.nn.Module], tokenizer: Any, *, prompt: str, tokens: int,
+def generation_speed(models: dict[str, LanguageModel], tokenizer: Any, *, prompt: str, tokens: int,
                      rounds: int, device: str = "cpu") -> dict[str, Any]:
     """Tokens/s of ``apt.generate.sample`` per model: one warm-up each, then ``rounds`` interleaved samples.
 
     Returns the median tokens/s of each model, every sample, and the median over rounds of each
     model's tokens/s divided by the first model's (the paired ratio, robust to a noisy neighbour).
     """
-    def runner(model: torch.nn.Module) -> Callable[[], float]:
+    def runner(model: LanguageModel) -> Callable[[], float]:
         def once() -> float:
             start = time.perf_counter()
             sample(model, tokenizer, prompt, max_new_tokens=tokens, temperature=0.8, top_k=200, seed=1337,
@@ -50,6 +50,6 @@ def generation_speed(models: dict[str, torch.nn.Module], tokenizer: Any, *, prom
     }
 
 
-def held_out_loss(model: torch.nn.Module, ids: np.ndarray, device: str = "cpu") -> dict[str, float]:
+def held_out_loss(model: LanguageModel, ids: np.ndarray, device: str = "cpu") -> dict[str, float]:
     loss, count = evaluate_tokens(model, ids, device=device)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}

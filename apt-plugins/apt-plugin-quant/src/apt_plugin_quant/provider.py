@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from apt import QuantProvider, option
 
 if TYPE_CHECKING:
-    from torch import nn
+    from apt import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class Int8DynamicProvider(QuantProvider):
 
     name = "int8_dynamic"
     Config = Int8DynamicConfig
-    #: Quantised kernels run on these device types only (checked by ``apt.checkpoint.load_model``).
+    #: Quantised kernels run on these device types only (checked by ``QuantProvider.restore`` and ``apt quantize``).
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: LanguageModel) -> LanguageModel:
         from apt_plugin_quant.quantize import int8_dynamic
 
         return int8_dynamic(model, per_channel=self.config.per_channel, head=self.config.head)
@@ -55,7 +55,7 @@ class BF16Provider(QuantProvider):
     name = "bf16"
     Config = BF16Config
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: LanguageModel) -> LanguageModel:
         from apt_plugin_quant.quantize import bf16
 
         return bf16(model)

@@ -24,13 +24,16 @@ import copy
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from apt import AptError, HasInferenceForm
+from apt import AptError, HasInferenceForm, QuantProvider
+
+if TYPE_CHECKING:
+    from apt import LanguageModel
 
 #: Layers that consume their own weights in their own forward and stay as they are.
 _KEPT = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm,
@@ -53,9 +56,9 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def int8_dynamic(model: nn.Module, *, per_channel: bool = True, head: bool = True) -> nn.Module:
+def int8_dynamic(model: LanguageModel, *, per_channel: bool = True, head: bool = True) -> LanguageModel:
     """A copy of ``model`` (in inference form) with every ``nn.Linear`` dynamically quantised to int8 (CPU only)."""
-    original, model = model, inference_forms(model)
+    original, model = model, cast("LanguageModel", inference_forms(model))
     problems = unsupported_layers(model)
     if problems:
         more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
@@ -77,8 +80,9 @@ def int8_dynamic(model: nn.Module, *, per_channel: bool = True, head: bool = Tru
     left = [name for name, m in quantized.named_modules() if type(m) is nn.Linear and (head or name != "lm_head")]
     if left:
         raise AptError(f"quant.int8_dynamic left {left[0]} in fp32; use --method bf16 instead")
-    _smoke(quantized)
-    return quantized.eval()
+    result = cast("LanguageModel", quantized.eval())
+    _smoke(result)
+    return result
 
 
 def inference_forms(model: nn.Module) -> nn.Module:
@@ -108,15 +112,15 @@ def inference_forms(model: nn.Module) -> nn.Module:
 
 def _has_form(module: nn.Module) -> TypeGuard[HasInferenceForm]:
     """Looked up on the class, so a submodule or buffer that happens to be called ``inference_form`` is no form."""
-    return callable(getattr(type(module), "inference_form", None))
+    return isinstance(module, HasInferenceForm)
 
 
-def bf16(model: nn.Module) -> nn.Module:
+def bf16(model: LanguageModel) -> LanguageModel:
     """A copy of ``model`` with every floating parameter and buffer in bfloat16."""
     return copy.deepcopy(model).to(torch.bfloat16).eval()
 
 
-def unsupported_layers(model: nn.Module) -> list[str]:
+def unsupported_layers(model: LanguageModel) -> list[str]:
     """Weights int8_dynamic cannot reach, as ``path (Type): why`` descriptions, static ones first."""
     problems = []
     for name, module in model.named_modules():
@@ -130,14 +134,8 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return problems + weights_read_outside(model)
 
 
-def weights_read_outside(model: nn.Module) -> list[str]:
-    """Linear layers whose weight or bias is read outside their own forward in a dry run.
-
-    Needs an APT language model (``model.dims``) to feed; any other model is not probed.
-    """
-    dims = getattr(model, "dims", None)
-    if dims is None or not hasattr(dims, "block_size"):
-        return []
+def weights_read_outside(model: LanguageModel) -> list[str]:
+    """Linear layers whose weight or bias is read outside their own forward in a dry run."""
     owners: dict[int, set[int]] = {}
     for module in model.modules():
         if type(module) is nn.Linear or isinstance(module, _KEPT):
@@ -204,15 +202,13 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def _probe_input(model: nn.Module) -> torch.Tensor:
+def _probe_input(model: LanguageModel) -> torch.Tensor:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.zeros(1, min(4, model.dims.block_size), dtype=torch.long, device=device)
 
 
-def _smoke(model: nn.Module) -> None:
+def _smoke(model: LanguageModel) -> None:
     """Run the quantised model once, so a model it broke fails here with a clear line, not later."""
-    if getattr(model, "dims", None) is None:
-        return
     try:
         with torch.no_grad(), quiet():
             model(_probe_input(model))
@@ -222,16 +218,16 @@ def _smoke(model: nn.Module) -> None:
                        f"use --method bf16 instead") from None
 
 
-def self_test(provider: Any) -> str:
-    """Quantise a small MLP and check its output stays close to the float one."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)).eval()
-    x = torch.randn(8, 64)
+def self_test(provider: QuantProvider) -> str:
+    """Quantise a tiny language model and check its logits stay close to the float ones."""
+    from apt.testing import tiny_model
+
+    model = tiny_model()
+    x = torch.randint(0, model.dims.vocab_size, (4, model.dims.block_size), generator=torch.Generator().manual_seed(0))
     quantized = provider.apply(model)
-    dtype = torch.bfloat16 if provider.name == "bf16" else torch.float32
     with torch.no_grad(), quiet():
-        ref, out = model(x), quantized(x.to(dtype))
+        ref, out = model(x).logits, quantized(x).logits
     error = (out.float() - ref).abs().max().item() / ref.abs().max().item()
     if error > 0.05:
-        raise AssertionError(f"{provider.name}: relative error {error:.3g} on a small MLP exceeds 0.05")
-    return f"{provider.name}: small MLP within {error:.2%} of fp32"
+        raise AssertionError(f"{provider.name}: relative error {error:.3g} on a tiny model exceeds 0.05")
+    return f"{provider.name}: tiny model within {error:.2%} of fp32"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from apt import AptError, ArgumentParser
+from apt import AptError, ArgumentParser, parse_assignments
 
 PROG = "apt index"
 RETRIEVERS = ("bm25", "dense")
@@ -53,24 +53,6 @@ def _set_arg(p: argparse.ArgumentParser) -> None:
                         "--set 'template=\"Context:\\n{passages}\\n{prompt}\"' (YAML value)")
 
 
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` options; VALUE is read as YAML, kept as the raw text when that is not a scalar."""
-    import yaml
-
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise AptError(f"--set {item!r}: expected KEY=VALUE, e.g. --set k1=1.2")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        options[key] = raw if isinstance(value, (dict, list)) else value
-    return options
-
-
 def _retriever(name: str, options: dict[str, Any]) -> Any:
     from apt import RetrieverProvider, default_registry
 
@@ -96,7 +78,7 @@ def build(args: argparse.Namespace) -> int:
     from apt_plugin_retriever.documents import load_documents
     from apt_plugin_retriever.indexfile import is_index
 
-    options = parse_sets(args.sets)
+    options = parse_assignments(args.sets, "--set", "k1=1.2")
     if args.embedding_model:
         if args.retriever != "dense":
             raise AptError("--embedding-model applies to --retriever dense")
@@ -132,7 +114,7 @@ def search(args: argparse.Namespace) -> int:
     if name not in RETRIEVERS:
         raise AptError(f"{args.index} was built with {header.get('retriever')}, which this apt-plugin-retriever "
                        f"does not provide; upgrade it: pip install -U apt-plugin-retriever")
-    options = parse_sets(args.sets)
+    options = parse_assignments(args.sets, "--set", "k1=1.2")
     if args.embedding_model:
         options["embedding_model"] = args.embedding_model
     retriever = _retriever(name, options)

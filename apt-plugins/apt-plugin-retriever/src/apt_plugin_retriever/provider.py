@@ -10,7 +10,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from apt import Passage, RetrieverProvider, option, require
+from apt import Passage, RetrieverProvider, TextEncoder, option, require
 
 DEFAULT_TEMPLATE = "{passages}\n{prompt}"
 DEFAULT_PASSAGE_TEMPLATE = "{text}\n"
@@ -82,6 +82,29 @@ class Augmenter:
         body = "".join(self.config.passage_template.format(text=p.text, source=p.source, score=p.score, rank=i)
                        for i, p in enumerate(passages, 1))
         return self.config.template.format(passages=body, prompt=prompt)
+
+    def fit(self, prompt: str, passages: list[Passage], tokenizer: TextEncoder, budget: int) -> list[Passage]:
+        """The best-ranked passages whose augmented prompt fits ``budget`` tokens.
+
+        The question must stay in the model's window, so lower-ranked passages go first; if even the
+        best one is too long it is cut short. Characters the tokenizer cannot encode (a char-level
+        model never saw them) are dropped from passages.
+        """
+        clean = [Passage(tokenizer.encodable(p.text), p.source, p.score) for p in passages]
+        kept: list[Passage] = []
+        for passage in clean:
+            if len(tokenizer.encode(self.augment(prompt, [*kept, passage]))) > budget:
+                break
+            kept.append(passage)
+        if kept or not clean:
+            return kept
+        best = clean[0]
+        lo, hi = 0, len(best.text)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            trial = Passage(best.text[:mid], best.source, best.score)
+            lo, hi = (mid, hi) if len(tokenizer.encode(self.augment(prompt, [trial]))) <= budget else (lo, mid - 1)
+        return [Passage(best.text[:lo], best.source, best.score)] if lo else []
 
 
 class Bm25Provider(RetrieverProvider):

@@ -20,6 +20,7 @@ off-plane ratio is computed without autograd.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

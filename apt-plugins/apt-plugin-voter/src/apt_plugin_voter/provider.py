@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from apt import VoterProvider, option
 
@@ -20,6 +20,12 @@ class SelfConsistencyConfig:
 class SelfConsistencyVoter:
     def __init__(self, config: SelfConsistencyConfig) -> None:
         self.config = config
+        self.samples = config.k
+        self.temperature = config.temperature
+        self.threshold = config.vote_threshold
+
+    def request(self, candidates: list[str], logprobs: list[float]) -> dict[str, Any]:
+        return {"candidates": candidates, "logprobs": logprobs, "normalise": self.config.normalise}
 
     def vote(self, candidates: list[str], logprobs: list[float] | None = None):
         from apt_plugin_voter.voting import vote
