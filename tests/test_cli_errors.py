@@ -2,7 +2,7 @@
 
 import pytest
 
-from support import assert_one_line_error, run
+from core_cli import assert_one_line_error, run
 
 
 @pytest.mark.parametrize("args, fragment", [

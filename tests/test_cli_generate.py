@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from support import SMALL, assert_one_line_error, run
+from core_cli import SMALL, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")

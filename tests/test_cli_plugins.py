@@ -3,7 +3,7 @@
 import json
 
 from apt.testing import make_distribution
-from support import SMALL, assert_one_line_error, run
+from core_cli import SMALL, assert_one_line_error, run
 
 FALLBACK = ("apt: warning: no attention provider named 'tva' is installed (pip install apt-plugin-tva); "
             "falling back to attention provider 'sdpa'")

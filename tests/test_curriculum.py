@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from support import kill_after_steps, run
+from core_cli import kill_after_steps, run
 
 pytest.importorskip("apt_plugin_moe")
 pytest.importorskip("apt_plugin_align")

@@ -1,4 +1,4 @@
-"""Helpers for the core's command-line tests: run the real ``apt`` CLI in subprocesses."""
+"""Helpers for every command-line test (core, plugins, end to end): run the real ``apt`` CLI in subprocesses."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ SMALL = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "mode
          "--set", "train.warmup_iters=5", "--set", "logging.progress=false"]
 
 
-def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300,
+        python: str = sys.executable) -> subprocess.CompletedProcess[str]:
     """Run ``python -m apt ARGS`` and capture its output."""
-    return subprocess.run([sys.executable, "-m", "apt", *args], env=env, cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([python, "-m", "apt", *args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -497,7 +497,7 @@ from typing import TYPE_CHECKING
 from apt import QuantProvider, option
 
 if TYPE_CHECKING:
-    from torch import nn
+    from apt import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -511,7 +511,7 @@ class $cls(QuantProvider):
     name = "$name"
     Config = ${config_cls}
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: LanguageModel) -> LanguageModel:
         from $package.module import round_linear_weights
 
         return round_linear_weights(model, self.config.bits)
@@ -522,11 +522,12 @@ QUANT_MODULE = '''"""Weight rounding on a per-row grid: the effect of int-N weig
 from __future__ import annotations
 
 import torch
+from apt import LanguageModel
 from torch import nn
 
 
 @torch.no_grad()
-def round_linear_weights(model: nn.Module, bits: int) -> nn.Module:
+def round_linear_weights(model: LanguageModel, bits: int) -> LanguageModel:
     levels = 2 ** (bits - 1) - 1
     for module in model.modules():
         if isinstance(module, nn.Linear):

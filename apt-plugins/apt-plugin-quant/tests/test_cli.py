@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from support import SMALL, assert_one_line_error, run
+from core_cli import SMALL, assert_one_line_error, run
 
 HELD_OUT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from support import assert_one_line_error, run
+from core_cli import assert_one_line_error, run
 
 
 @pytest.fixture
