@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+#: How every apt command reports an error: ``apt: error: ...`` or, for usage, ``apt train: error: ...``.
+ERROR_LINE = re.compile(r"^apt( [a-z][a-z-]*)*: error: ")
 #: A model small enough to train in seconds on two cores.
 SMALL = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
          "--set", "model.block_size=16", "--set", "train.batch_size=8", "--set", "train.eval_iters=2",
@@ -24,7 +27,7 @@ def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 300
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str, code: int = 2) -> None:
     assert result.returncode == code, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("apt: error:")]
+    lines = [line for line in result.stderr.splitlines() if ERROR_LINE.match(line)]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 

@@ -36,6 +36,14 @@ class ConfigError(AptError):
         return ConfigError(self.key, self.message, source)
 
 
+class UsageError(AptError):
+    """A command line that does not parse: reported as ``PROG: error: MESSAGE (see 'PROG --help')``."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        self.prog = prog
+        super().__init__(f"{message} (see '{prog} --help')")
+
+
 class ProviderError(AptError):
     """A provider is missing, broken, or refused its configuration."""
 

@@ -62,7 +62,7 @@ def test_build_search_info_bm25(tmp_path, apt_env, docs):
 
 @pytest.mark.parametrize("args, fragment", [
     (["build", "--docs", "missing", "--out", "x.idx"], "--docs 'missing' not found"),
-    (["build", "--docs", "notes"], "apt index build: the following arguments are required: --out"),
+    (["build", "--docs", "notes"], "apt index build: error: the following arguments are required: --out"),
     (["build", "--docs", "notes", "--out", "x.idx", "--retriever", "sparse"], "argument --retriever: invalid choice"),
     (["build", "--docs", "notes", "--out", "x.idx", "--set", "k9=1"], "providers.retriever.bm25.k9: unknown key"),
     (["build", "--docs", "notes", "--out", "x.idx", "--set", "tokenizer=bpe"], "tokenizer: expected one of words, char3"),

@@ -16,7 +16,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import NoReturn
 
 from apt import __version__
-from apt.errors import AptError
+from apt.errors import AptError, UsageError
 
 COMMAND_GROUP = "apt.commands"
 BUILTIN = {
@@ -35,13 +35,13 @@ PACKAGES = {"market": "apt-marketplace", "sandbox": "apt-sandbox", "index": "apt
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one ``apt: error:`` line (exit 2) instead of a usage dump.
+    """argparse whose usage errors are one ``apt train: error: ...`` line (exit 2) instead of a usage dump.
 
     For every ``apt`` command, including those plugins add through ``apt.commands``.
     """
 
     def error(self, message: str) -> NoReturn:
-        raise AptError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UsageError(self.prog, message)
 
 
 class _Format(logging.Formatter):
@@ -114,7 +114,7 @@ def _main(args: list[str]) -> int:
             print(f"apt: error: unknown command {command!r}; run 'apt --help' for the list", file=sys.stderr)
         return 2
     except AptError as err:
-        print(f"apt: error: {err}", file=sys.stderr)
+        print(f"{err.prog if isinstance(err, UsageError) else 'apt'}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130
