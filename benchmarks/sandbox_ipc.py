@@ -8,7 +8,10 @@ Measures (medians of interleaved repeats, raw samples kept in the JSON):
 - warm round trip: a small JSON call on a long-lived worker (target < 1 ms);
 - tensor transfer: a 64 MiB float32 tensor to the worker, from it, and both
   ways (target >= 1 GB/s).  Each result is dropped before the next timing
-  starts, so unmapping the previous 64 MiB is not charged to the next transfer.
+  starts, so unmapping the previous 64 MiB is not charged to the next transfer;
+- hostile header: growth of the parent's peak RSS (VmHWM, reset before each
+  try) while a worker answers with a header of ``[{},{},...]`` just under the
+  header cap (target < 4x the cap).
 This file doubles as the module the sandboxed side imports (``echo``/``make``).
 """
 
@@ -45,6 +48,17 @@ def make(nbytes: int) -> Any:
     if nbytes not in _made:
         _made[nbytes] = torch.randn(nbytes // 4)
     return _made[nbytes]
+
+
+def bomb(nbytes: int) -> None:
+    """Answer with a header just under the cap made of empty objects (~30x its size once parsed)."""
+    import struct
+
+    rid = json.dumps(sys.modules["__main__"]._REQUEST_ID).encode()
+    head = b'{"ok":true,"id":' + rid + b',"value":['
+    body = head + b"{}," * ((nbytes - len(head) - 2) // 3) + b"{}]}"
+    os.write(4, b"APT1" + struct.pack(">I", len(body)) + body)
+    time.sleep(30)
 
 
 def _median(xs: list[float]) -> float:
@@ -118,6 +132,7 @@ def bench_warm(calls: int, rounds: int) -> dict[str, Any]:
 
 def bench_tensor(size_mib: int, repeats: int) -> dict[str, Any]:
     import torch
+
     from apt_sandbox import Limits, Sandbox
 
     nbytes = size_mib * 1024 * 1024
@@ -160,6 +175,41 @@ def bench_tensor(size_mib: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def bench_hostile_header(repeats: int) -> dict[str, Any]:
+    from apt_sandbox import Limits, Sandbox
+    from apt_sandbox.ipc import HEADER_CAP
+
+    sb = Sandbox(Limits(wall_seconds=60), python_path=[HERE, *sys.path])
+    sb.call("sandbox_ipc:echo", None)
+    growth, seconds, detail = [], [], ""
+    for _ in range(repeats):
+        base = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        t = time.perf_counter()
+        res = sb.call("sandbox_ipc:bomb", HEADER_CAP - 64)
+        seconds.append(time.perf_counter() - t)
+        growth.append((_status_kb("VmHWM") - base) * 1024)
+        assert res.status == "error", res
+        detail = res.detail
+    return {
+        "header_cap_bytes": HEADER_CAP,
+        "peak_rss_growth_bytes": {"max": max(growth), "median": _median(growth), "n": len(growth)},
+        "call_s": _summary(seconds),
+        "detail": detail,
+        "target_bytes": 4 * HEADER_CAP,
+        "meets_target": max(growth) < 4 * HEADER_CAP,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(HERE, "results", "sandbox.json"))
@@ -168,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-rounds", type=int, default=5)
     parser.add_argument("--tensor-mib", type=int, default=64)
     parser.add_argument("--tensor-repeats", type=int, default=15)
+    parser.add_argument("--hostile-repeats", type=int, default=5)
     ns = parser.parse_args(argv)
 
     from apt_sandbox import check
@@ -184,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["cold_call"] = bench_cold(ns.cold_repeats)
     results["warm_worker"] = bench_warm(ns.warm_calls, ns.warm_rounds)
+    results["hostile_header"] = bench_hostile_header(ns.hostile_repeats)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -200,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     bare_ms = cold["bare_subprocess_s"]["median"] * 1e3
     print(f"cold: sandbox {cold_ms:.1f} ms vs bare {bare_ms:.1f} ms")
     print(f"warm round trip: {warm['round_trip_s']['median'] * 1e6:.0f} us")
+    hostile = results["hostile_header"]
+    print(
+        f"hostile header: parent peak RSS +{hostile['peak_rss_growth_bytes']['max'] / 2**20:.1f} MiB "
+        f"(cap {hostile['header_cap_bytes'] / 2**20:.0f} MiB, target < 4x)"
+    )
     if "to_worker_GBps" in tensor:
         print(
             f"tensor {ns.tensor_mib} MiB: to {tensor['to_worker_GBps']:.2f} GB/s, "

@@ -270,6 +270,11 @@ def crafted_pickle(marker: str) -> bytes:
     return pickle.dumps(Evil())
 
 
+def _request_id() -> Any:
+    """The id of the request being answered: hostile code can read it, so forged frames carry it."""
+    return sys.modules["__main__"]._REQUEST_ID
+
+
 def _raw_frame(header: bytes, payload: bytes = b"") -> None:
     os.write(4, b"APT1" + struct.pack(">I", len(header)) + header + payload)
     time.sleep(30)
@@ -293,6 +298,7 @@ def forged_tensor(args: Any) -> None:
         "ok": True,
         "value": {"$apt": "tensor", "lib": "numpy", "dtype": "float64", "shape": [1000, 1000], "b": 0},
         "buffers": [8],
+        "id": _request_id(),
     }
     _raw_frame(json.dumps(header).encode(), b"\x00" * 8)
 
@@ -302,6 +308,7 @@ def forged_dtype(args: Any) -> None:
         "ok": True,
         "value": {"$apt": "tensor", "lib": "numpy", "dtype": "object", "shape": [1], "b": 0},
         "buffers": [8],
+        "id": _request_id(),
     }
     _raw_frame(json.dumps(header).encode(), b"\x00" * 8)
 
@@ -401,3 +408,164 @@ def catch_cpu_signal(args: Any) -> None:
     n = 0
     while True:
         n += 1
+
+
+# --- inherited descriptors, limits per sandbox, hostile replies (issue 11) ---
+
+
+def inherited_fds(fds: list[int]) -> dict[str, Any]:
+    """Try to use descriptors the parent's caller left open: read, write, and create through a dir fd."""
+    out: dict[str, Any] = {"open_fds": sorted(int(n) for n in os.listdir("/proc/self/fd"))}
+    for fd in fds:
+        try:
+            os.fstat(fd)
+            out[str(fd)] = "open"
+        except OSError as exc:
+            out[str(fd)] = errno_name(exc)
+            continue
+        with contextlib.suppress(OSError):
+            out[f"{fd}:read"] = os.read(fd, 100).decode(errors="replace")
+        try:
+            made = os.open("escape.txt", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd)
+            os.close(made)
+            out[f"{fd}:create"] = "created"
+        except OSError as exc:
+            out[f"{fd}:create"] = errno_name(exc)
+    return out
+
+
+def errno_name(exc: OSError) -> str:
+    import errno
+
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def _spin_forever() -> None:
+    n = 0
+    while True:
+        n += 1
+
+
+def cpu_children(n: int) -> str:
+    for _ in range(n):
+        if os.fork() == 0:
+            _spin_forever()
+    _spin_forever()
+    return "unreachable"
+
+
+def memory_children(args: dict[str, int]) -> list[int]:
+    """Children that each stay under RLIMIT_AS but together exceed the sandbox's memory."""
+    pids = []
+    for _ in range(args["n"]):
+        pid = os.fork()
+        if pid == 0:
+            hold = b"\x01" * (args["mb"] << 20)
+            time.sleep(1)
+            os._exit(len(hold) & 1)
+        pids.append(pid)
+    return [os.waitpid(pid, 0)[1] for pid in pids]
+
+
+def memfd_fill(mb: int) -> dict[str, Any]:
+    """Fill a memfd (shmem: no address space, no file-size limit) one MiB at a time."""
+    fd = os.memfd_create("hog")
+    chunk = b"\x02" * (1 << 20)
+    written = 0
+    try:
+        for _ in range(mb):
+            written += os.write(fd, chunk)
+    except OSError as exc:
+        return {"written": written, "error": errno_name(exc)}
+    return {"written": written, "error": None}
+
+
+def fill_workdir(mb: int) -> dict[str, Any]:
+    """Write 1 MiB files (each under RLIMIT_FSIZE) into the work dir until something refuses."""
+    st = os.statvfs(".")
+    chunk = b"\x03" * (1 << 20)
+    written = 0
+    error = None
+    for i in range(mb):
+        try:
+            with open(f"part{i}", "wb") as fh:
+                fh.write(chunk)
+            written += len(chunk)
+        except OSError as exc:
+            error = errno_name(exc)
+            break
+    return {"written": written, "error": error, "fs_bytes": st.f_blocks * st.f_frsize}
+
+
+def background_child(args: Any) -> int:
+    """Leave a detached child spinning after the call returns."""
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        _spin_forever()
+    return pid
+
+
+def list_pids(args: Any) -> list[int]:
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+def forge_before_answer(args: Any) -> str:
+    """Write a complete frame with a made-up id ahead of the real answer."""
+    header = json.dumps({"ok": True, "value": "forged", "id": "0" * 16, "buffers": []}).encode()
+    os.write(4, b"APT1" + struct.pack(">I", len(header)) + header)
+    return "real"
+
+
+def forge_next_answer(args: Any) -> str:
+    """Queue a frame after the answer, hoping it is read as the answer to the next call."""
+    import threading
+
+    def later() -> None:
+        time.sleep(0.2)
+        header = json.dumps({"ok": True, "value": "forged", "id": _request_id(), "buffers": []}).encode()
+        os.write(4, b"APT1" + struct.pack(">I", len(header)) + header)
+
+    threading.Thread(target=later, daemon=True).start()
+    return "queued"
+
+
+def header_bomb(nbytes: int) -> None:
+    """A header just under the cap made of empty objects: ~30x its size once parsed."""
+    head = b'{"ok":true,"id":' + json.dumps(_request_id()).encode() + b',"value":['
+    count = (nbytes - len(head) - 2) // 3
+    _raw_frame(head + b"{}," * count + b"{}]}")
+
+
+def declared_buffer(mb: int) -> None:
+    """Announce a large buffer and never send it."""
+    header = {"ok": True, "value": {"$apt": "bytes", "b": 0}, "buffers": [mb << 20], "id": _request_id()}
+    _raw_frame(json.dumps(header).encode())
+
+
+def absurd_shape(args: dict[str, Any]) -> None:
+    ref = {"$apt": "tensor", "lib": args["lib"], "dtype": "float32", "shape": args["shape"], "b": 0}
+    _raw_frame(json.dumps({"ok": True, "value": ref, "buffers": [0], "id": _request_id()}).encode())
+
+
+def deep_tree(depth: int) -> str:
+    root = os.getcwd()
+    for _ in range(depth):
+        os.mkdir("d")
+        os.chdir("d")
+    os.chmod(".", 0)
+    os.chdir(root)
+    return root
+
+
+def ioctl_tiocsti(high_bits: bool) -> int:
+    """TIOCSTI on stdin, optionally with garbage in the high 32 bits the kernel ignores; returns errno."""
+    import platform
+
+    nr = {"x86_64": 16, "aarch64": 29}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    request = 0x5412 | (1 << 32 if high_bits else 0)
+    byte = ctypes.c_char(b"x")
+    rc = libc.syscall(ctypes.c_long(nr), ctypes.c_long(0), ctypes.c_ulong(request), ctypes.byref(byte))
+    return ctypes.get_errno() if rc != 0 else 0

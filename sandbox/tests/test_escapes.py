@@ -8,14 +8,20 @@ written, no process left behind under a sandbox uid, the test process alive).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import subprocess
+import sys
 import threading
+import types
 from pathlib import Path
 
 import pytest
 
-from apt_sandbox import Limits
+from apt_sandbox import Limits, Sandbox, check
+from apt_sandbox.ipc import HEADER_CAP
+from apt_sandbox.process import remove_tree
 
 M = "apt_sandbox_cases"
 
@@ -90,8 +96,9 @@ def test_cant_use_too_much_cpu(make_sandbox):
     assert res.status == "cpu"
 
 
-def test_ignoring_sigxcpu_still_ends_at_the_hard_cpu_limit(make_sandbox):
-    res = make_sandbox(Limits(cpu_seconds=1, wall_seconds=30)).call(f"{M}:catch_cpu_signal", None)
+def test_ignoring_sigxcpu_still_ends_at_the_hard_cpu_limit_without_a_cgroup(make_sandbox):
+    res = make_sandbox(Limits(cpu_seconds=1, wall_seconds=30), disable={"cgroup"}).call(f"{M}:catch_cpu_signal", None)
+    assert res.isolation["cgroup"] is False
     assert res.status == "cpu"
     assert res.signal == 9
 
@@ -311,7 +318,7 @@ def test_crafted_pickle_is_returned_as_bytes_never_loaded(sb, tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("json_bomb_nested", "unparseable"),
+        ("json_bomb_nested", "nested deeper"),
         ("json_bomb_length", "exceeds"),
         ("json_bomb_buffers", "exceeds"),
         ("forged_tensor", "does not match"),
@@ -363,3 +370,421 @@ def test_ptrace_and_new_namespaces_are_refused(sb):
     unshare = sb.call(f"{M}:unshare_user", None)
     assert (ptrace.status, ptrace.value) == ("ok", 1)
     assert (unshare.status, unshare.value) == ("ok", 1)
+
+
+# --- issue 11: inherited descriptors and the default python path ---
+
+
+def test_inherited_descriptors_are_closed_before_the_code_runs(sb, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    server = _Server()
+    conn = socket.create_connection(("127.0.0.1", server.port))
+    file_fd = os.open(secret, os.O_RDONLY)
+    dir_fd = os.open(host_dir, os.O_RDONLY | os.O_DIRECTORY)
+    high_fd = os.dup2(file_fd, 200)
+    fds = (file_fd, dir_fd, high_fd, conn.fileno())
+    try:
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        res = sb.call(f"{M}:inherited_fds", list(fds))
+    finally:
+        for fd in fds[:3]:
+            os.close(fd)
+        conn.close()
+        server.close()
+    assert res.status == "ok"
+    assert {res.value[str(fd)] for fd in fds} == {"EBADF"}
+    listing_own_fd = 1
+    assert len(set(res.value["open_fds"]) - {0, 1, 2, 3, 4, 6}) == listing_own_fd
+    assert list(host_dir.iterdir()) == []
+
+
+def test_launcher_closes_descriptors_the_spawn_let_through(tmp_path):
+    """The launcher's own close_range, tested without the parent's explicit fd list in front of it."""
+    script = """
+import os, sys
+from apt_sandbox import launcher
+opened = os.open(sys.argv[1], os.O_RDONLY)
+strays = [os.dup2(opened, 50), os.dup2(opened, 60, inheritable=False)]
+os.close(opened)
+protocol = [os.dup2(os.open("/dev/null", os.O_RDONLY), 100 + i) for i in range(4)]
+launcher._adopt_descriptors(",".join(map(str, protocol)))
+alive = []
+for fd in (*strays, *protocol, 3, 4, 5, 6):
+    try:
+        os.fstat(fd)
+        alive.append(fd)
+    except OSError:
+        pass
+print(sorted(alive))
+"""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    out = subprocess.run([sys.executable, "-c", script, str(secret)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[3, 4, 5, 6]"
+
+
+def test_shell_redirections_do_not_reach_the_jail(tmp_path):
+    cases_dir = str(PROJECT_TREE)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host secret")
+    cmd = (
+        'exec 9<"$1" 7>>"$2"; exec "$3" -m apt_sandbox run apt_sandbox_cases:inherited_fds '
+        '--json "[7, 9]" --path "$4" --wall-seconds 30'
+    )
+    log = tmp_path / "host.log"
+    out = subprocess.run(
+        ["bash", "-c", cmd, "sh", str(secret), str(log), sys.executable, cases_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    import json
+
+    res = json.loads(out.stdout)
+    assert res["status"] == "ok", out.stderr
+    assert res["value"]["7"] == res["value"]["9"] == "EBADF"
+    assert log.read_text() == ""
+
+
+def test_default_python_path_drops_the_script_directory_and_cwd(tmp_path, monkeypatch):
+    cases_dir = str(PROJECT_TREE)
+    script_dir = tmp_path / "project"
+    script_dir.mkdir()
+    (script_dir / ".env").write_text("API_KEY=hunter2")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / ".env").write_text("API_KEY=hunter3")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(script_dir / "run.py")
+    fake_main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", [str(script_dir), str(elsewhere), cases_dir, *sys.path])
+    sb = Sandbox(Limits(wall_seconds=30))
+    assert str(script_dir) not in sb.python_path and str(elsewhere) not in sb.python_path
+    assert cases_dir in sb.python_path
+    targets = [str(script_dir / ".env"), str(elsewhere / ".env")]
+    res = sb.call(f"{M}:try_read", targets)
+    assert res.status == "ok"
+    assert [res.value[t] for t in targets] == ["FileNotFoundError", "FileNotFoundError"]
+
+
+# --- issue 11: limits per sandbox, kept by the kernel's cgroup accounting ---
+
+
+@pytest.fixture(scope="module")
+def machine() -> dict:
+    return check()
+
+
+@pytest.fixture
+def cgroup(machine):
+    if not machine["isolation"]["cgroup"]:
+        pytest.skip(f"no cgroup on this machine: {machine['notes'].get('cgroup')}")
+    return machine["cgroup"]
+
+
+def test_check_reports_the_cgroup_and_work_dir_quota_in_force(cgroup, machine):
+    assert {"memory", "pids", "cpu"} <= set(cgroup["controllers"])
+    assert cgroup["limits"]["memory"] == Limits().memory_mb << 20
+    assert cgroup["limits"]["pids"] == Limits().processes + 1
+    if machine["isolation"]["workdir_tmpfs"]:
+        assert machine["workdir_bytes"] == Limits().workdir_mb << 20
+
+
+def test_forked_children_count_against_cpu(make_sandbox, cgroup):
+    res = make_sandbox(Limits(cpu_seconds=2, wall_seconds=60)).call(f"{M}:cpu_children", 4)
+    assert res.status == "cpu"
+    assert "cgroup accounting" in res.detail
+    assert 2 <= res.usage["cpu_s"] < 3
+
+
+def test_forked_children_count_against_memory(make_sandbox, cgroup):
+    res = make_sandbox(Limits(memory_mb=256, wall_seconds=30)).call(f"{M}:memory_children", {"n": 6, "mb": 64})
+    assert res.status == "memory"
+    assert res.usage["oom_kills"] >= 1
+    assert res.usage["memory_peak_bytes"] <= 256 << 20
+
+
+def test_memfd_counts_against_memory(make_sandbox, cgroup):
+    res = make_sandbox(Limits(memory_mb=256, file_size_mb=1024, wall_seconds=30)).call(f"{M}:memfd_fill", 480)
+    assert res.status == "memory"
+    assert res.usage["oom_kills"] >= 1
+    assert res.usage["memory_peak_bytes"] <= 256 << 20
+
+
+def test_work_dir_cannot_exceed_its_size(make_sandbox):
+    res = make_sandbox(Limits(workdir_mb=32, file_size_mb=16, wall_seconds=30)).call(f"{M}:fill_workdir", 64)
+    if not res.isolation["workdir_tmpfs"]:
+        pytest.skip(res.isolation_notes["workdir_tmpfs"])
+    assert res.status == "ok"
+    assert res.value["fs_bytes"] == 32 << 20
+    assert res.value["error"] == "ENOSPC"
+    assert res.value["written"] <= 32 << 20
+
+
+def test_a_background_child_dies_after_the_worker_call(sb, cgroup):
+    with sb.worker() as w:
+        first = w.call(f"{M}:background_child", None)
+        second = w.call(f"{M}:list_pids", None)
+    assert first.status == "ok" and first.usage["leftovers_killed"] == 1
+    assert second.status == "ok" and second.usage["leftovers_killed"] == 0
+    if first.isolation["pid_ns"]:
+        assert second.value == [1]
+    else:
+        assert first.value not in second.value
+
+
+def test_the_jail_init_is_reaped_when_the_parent_is_a_subreaper(sb):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_child_subreaper = 36
+    assert libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
+    try:
+        results = [sb.call(f"{M}:echo", i) for i in range(3)]
+        with sb.worker() as w:
+            results.append(w.call(f"{M}:echo", 3))
+    finally:
+        libc.prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+    assert [r.status for r in results] == ["ok"] * 4
+    assert _zombie_children() == []
+
+
+def _zombie_children() -> list[int]:
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        state, ppid = data[data.rfind(b")") + 2 :].split()[:2]
+        if int(ppid) == me and state == b"Z":
+            found.append(int(name))
+    return found
+
+
+# --- issue 11: replies that try to make the parent pay ---
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(field)
+
+
+@pytest.mark.parametrize(
+    "case, arg, limits, message",
+    [
+        ("header_bomb", HEADER_CAP - 64, Limits(wall_seconds=20), "decode budget"),
+        ("declared_buffer", 512, Limits(wall_seconds=1.5), None),
+    ],
+    ids=["header-bomb", "declared-512MiB"],
+)
+def test_hostile_replies_leave_parent_memory_bounded(make_sandbox, case, arg, limits, message):
+    sb = make_sandbox(limits)
+    sb.call(f"{M}:echo", None)
+    baseline = _rss_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    res = sb.call(f"{M}:{case}", arg)
+    peak = _rss_kb("VmHWM")
+    if message is None:
+        assert res.status == "timeout"
+    else:
+        assert res.status == "error" and message in res.detail
+    assert (peak - baseline) * 1024 < 4 * HEADER_CAP
+
+
+def test_a_frame_with_the_wrong_request_id_is_rejected(sb):
+    with sb.worker() as w:
+        res = w.call(f"{M}:forge_before_answer", None)
+        after = w.call(f"{M}:count")
+    assert res.status == "error"
+    assert "does not carry this request's id" in res.detail
+    assert res.value is None
+    assert w.restarts == 1 and after.value == 1
+
+
+def test_a_frame_queued_for_the_next_call_is_rejected(sb):
+    import time
+
+    with sb.worker() as w:
+        first = w.call(f"{M}:forge_next_answer", None)
+        time.sleep(0.6)
+        second = w.call(f"{M}:echo", "real")
+    assert first.status == "ok" and first.value == "queued"
+    assert second.status == "error"
+    assert "unsolicited bytes were waiting" in second.detail
+    assert second.value is None
+
+
+@pytest.mark.parametrize(
+    "lib, shape",
+    [("numpy", [0, 2**63]), ("torch", [0, 2**62]), ("numpy", [0, 2**40, 2**40]), ("torch", [0, -1])],
+)
+def test_absurd_tensor_shapes_are_error_results(sb, lib, shape):
+    res = sb.call(f"{M}:absurd_shape", {"lib": lib, "shape": shape})
+    assert res.status == "error"
+    assert res.detail.startswith("protocol violation: DecodeError: bad tensor shape")
+
+
+@pytest.mark.parametrize(
+    "disable", [set(), {"mount_ns", "uid_drop"}], ids=["tmpfs-workdir", "host-disk-workdir"]
+)
+def test_a_deep_directory_tree_is_removed(make_sandbox, disable):
+    """Without a mount namespace the tree lands on the host disk (and, here, the interpreter
+    is only reachable for the sandbox uid through the namespace's binds, hence no uid drop)."""
+    res = make_sandbox(Limits(wall_seconds=60), disable=disable).call(f"{M}:deep_tree", 1500)
+    assert res.status == "ok"
+    if not disable and not res.isolation["workdir_tmpfs"]:
+        pytest.skip(res.isolation_notes["workdir_tmpfs"])
+    assert res.isolation["workdir_tmpfs"] is not bool(disable)
+    assert not os.path.exists(res.value)
+
+
+def test_remove_tree_needs_no_recursion_and_stays_inside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    root = tmp_path / "tree"
+    path = root
+    path.mkdir()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(500):
+            os.mkdir("d", dir_fd=fd)
+            if i == 250:
+                os.symlink(outside, "link", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0, dir_fd=fd))
+        os.fchmod(fd, 0)
+    finally:
+        os.close(fd)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(120)
+    try:
+        remove_tree(str(root))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert not root.exists()
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_teardown_failure_is_an_error_result(sb, monkeypatch):
+    import apt_sandbox.process as process
+
+    refused: list[str] = []
+
+    def refuse(path: str) -> None:
+        refused.append(path)
+        raise OSError(errno.EBUSY, "Device or resource busy", path)
+
+    monkeypatch.setattr(process, "remove_tree", refuse)
+    res = sb.call(f"{M}:echo", 1)
+    monkeypatch.undo()
+    for path in refused:
+        remove_tree(path)
+    assert res.status == "error"
+    assert res.detail.startswith("sandbox teardown failed: work dir:")
+    assert res.value is None
+
+
+# --- issue 11: seccomp compares the 32 bits the kernel uses ---
+
+
+@pytest.mark.parametrize("high_bits", [False, True], ids=["TIOCSTI", "TIOCSTI|1<<32"])
+def test_tiocsti_is_refused_whatever_the_high_bits(sb, high_bits):
+    res = sb.call(f"{M}:ioctl_tiocsti", high_bits)
+    if not res.isolation["seccomp"]:
+        pytest.skip(res.isolation_notes["seccomp"])
+    assert res.status == "ok"
+    assert res.value == errno.EPERM
+
+
+def test_without_seccomp_the_masked_tiocsti_reaches_the_driver(make_sandbox):
+    res = make_sandbox(disable={"seccomp"}).call(f"{M}:ioctl_tiocsti", True)
+    assert res.status == "ok"
+    assert res.value == errno.ENOTTY
+
+
+# --- issue 11: the same mechanisms through the unprivileged (user-namespace) route ---
+
+
+@pytest.fixture(scope="module")
+def userns_sandbox() -> Sandbox:
+    import shutil
+
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if python is None or os.path.realpath(python).startswith(("/root/", "/home/")):
+        pytest.skip("no system python3 outside home directories")
+    sb = Sandbox(
+        Limits(wall_seconds=30, workdir_mb=32, file_size_mb=16),
+        user_namespace=True,
+        python=python,
+        python_path=[str(PROJECT_TREE)],
+    )
+    try:
+        if not sb.probe()[0]["user_ns"]:
+            pytest.skip("user namespaces unavailable here")
+    except Exception as exc:
+        pytest.skip(f"system python3 cannot run the sandbox: {exc}")
+    return sb
+
+
+def test_user_namespace_route_closes_inherited_descriptors(userns_sandbox, tmp_path):
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    dir_fd = os.open(host_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.set_inheritable(dir_fd, True)
+        res = userns_sandbox.call(f"{M}:inherited_fds", [dir_fd])
+    finally:
+        os.close(dir_fd)
+    assert res.status == "ok" and res.isolation["user_ns"]
+    assert res.value[str(dir_fd)] == "EBADF"
+    assert list(host_dir.iterdir()) == []
+
+
+def test_user_namespace_route_refuses_masked_tiocsti(userns_sandbox):
+    res = userns_sandbox.call(f"{M}:ioctl_tiocsti", True)
+    if not res.isolation["seccomp"]:
+        pytest.skip(res.isolation_notes["seccomp"])
+    assert res.status == "ok" and res.value == errno.EPERM
+
+
+def test_user_namespace_route_caps_the_work_dir(userns_sandbox):
+    res = userns_sandbox.call(f"{M}:fill_workdir", 64)
+    if not res.isolation["workdir_tmpfs"]:
+        pytest.skip(res.isolation_notes["workdir_tmpfs"])
+    assert res.status == "ok"
+    assert res.value["error"] == "ENOSPC" and res.value["fs_bytes"] == 32 << 20
+
+
+def test_stale_empty_sandbox_cgroups_are_swept(cgroup):
+    from apt_sandbox import cgroups
+
+    group, why = cgroups.create("stale-test", memory=64 << 20, pids=4)
+    assert group is not None, why
+    try:
+        parents = [os.path.dirname(d) for d in group.dirs.values()]
+        cgroups.sweep_stale(parents)
+        assert all(os.path.isdir(d) for d in group.dirs.values())
+        for d in set(group.dirs.values()):
+            os.utime(d, (0, 0))
+        assert cgroups.sweep_stale(parents) >= len(set(group.dirs.values()))
+        assert not any(os.path.exists(d) for d in group.dirs.values())
+    finally:
+        group.remove()

@@ -194,3 +194,44 @@ def test_shared_buffers_announced_without_descriptors():
             os.close(fd)
         a.close()
         b.close()
+
+
+def test_a_declared_buffer_is_allocated_only_as_its_bytes_arrive():
+    import tracemalloc
+
+    r, w, reader = _pipe_reader(max_total=1 << 30)
+    try:
+        header = json.dumps({"ok": True, "buffers": [512 << 20]}).encode()
+        os.write(w, MAGIC + struct.pack(">I", len(header)) + header + b"x" * 1000)
+        tracemalloc.start()
+        try:
+            assert reader.feed() is None
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert reader.busy
+        assert peak < 4 << 20
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[" + b"{}," * 200_000 + b"{}]", "decode budget"),
+        (b"[" * 300 + b"]" * 300 + b" " * (70 << 10), "nested deeper"),
+    ],
+    ids=["many-values", "deep"],
+)
+def test_decode_budget_is_checked_before_parsing(body, message):
+    from apt_sandbox.ipc import check_budget
+
+    with pytest.raises(ProtocolError, match=message):
+        check_budget(body)
+
+
+def test_decode_budget_counts_only_structure_outside_strings():
+    from apt_sandbox.ipc import check_budget
+
+    check_budget(json.dumps({"text": "[{},]" * 100_000, "escaped": '\\"' * 50_000}).encode())

@@ -81,3 +81,15 @@ def test_failed_preload_is_reported(sb):
     assert start.status == "error"
     assert "ModuleNotFoundError" in start.detail
     assert not w.alive
+
+
+def test_usage_is_counted_per_call(sb):
+    with sb.worker() as w:
+        big = w.call(f"{M}:allocate", 200)
+        small = w.call(f"{M}:count")
+    if not big.isolation["cgroup"]:
+        pytest.skip(big.isolation_notes["cgroup"])
+    assert big.status == small.status == "ok"
+    assert big.usage["memory_peak_bytes"] > 200 << 20
+    assert small.usage["memory_peak_bytes"] < 100 << 20
+    assert small.usage["cpu_s"] < big.usage["cpu_s"]

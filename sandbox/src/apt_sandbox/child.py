@@ -27,6 +27,7 @@ EXIT_CPU = 123
 
 _MEMORY_FRAME: bytes = b""
 _SOCK: Any = None
+_REQUEST_ID: Any = None
 
 
 class CpuLimitExceeded(BaseException):
@@ -51,6 +52,8 @@ def resolve(target: str) -> Any:
 def _send(header: dict[str, Any], buffers: list[memoryview]) -> None:
     from apt_sandbox.ipc import pack, send_fds, write_all
 
+    if _REQUEST_ID is not None:
+        header = dict(header, id=_REQUEST_ID)
     msg = pack(header, buffers, share=_SOCK is not None)
     try:
         send_fds(_SOCK, msg.fds)
@@ -114,20 +117,35 @@ def handle(header: dict[str, Any], bufs: list[bytearray]) -> None:
         _send(_error_header("error", exc), [])
 
 
+def _reap_children() -> None:
+    """Collect exited children (as PID 1 also orphans): the parent kills leftovers after each call."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _memory_frame(request_id: Any) -> bytes:
+    """The answer for a MemoryError, packed while memory is still available."""
+    from apt_sandbox.ipc import pack
+
+    header = {"ok": False, "kind": "memory", "type": "MemoryError", "message": "", "traceback": "MemoryError\n"}
+    if request_id is not None:
+        header["id"] = request_id
+    return b"".join(bytes(p) for p in pack(header, []).parts)
+
+
 def main() -> None:
-    global _MEMORY_FRAME, _SOCK
+    global _MEMORY_FRAME, _SOCK, _REQUEST_ID
     cfg = json.loads(sys.argv[1])
     for entry in reversed(cfg.get("path", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    from apt_sandbox.ipc import ProtocolError, pack, read_frame_blocking
+    from apt_sandbox.ipc import ProtocolError, read_frame_blocking
 
-    _MEMORY_FRAME = b"".join(
-        bytes(p)
-        for p in pack(
-            {"ok": False, "kind": "memory", "type": "MemoryError", "message": "", "traceback": "MemoryError\n"}, []
-        ).parts
-    )
     os.set_inheritable(REQ_FD, False)
     os.set_inheritable(RESP_FD, False)
     try:
@@ -147,6 +165,10 @@ def main() -> None:
             os._exit(2)
         if frame is None:
             break
+        _reap_children()
+        rid = frame[0].get("id")
+        _REQUEST_ID = rid if isinstance(rid, str) else None
+        _MEMORY_FRAME = _memory_frame(_REQUEST_ID)
         try:
             handle(*frame)
         except MemoryError:

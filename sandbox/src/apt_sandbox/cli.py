@@ -52,6 +52,8 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     g.add_argument("--file-size-mb", type=_positive_int, default=64, help="largest file written (default 64)")
     g.add_argument("--processes", type=_positive_int, default=64, help="processes for the sandbox uid (default 64)")
     g.add_argument("--output-kb", type=_positive_int, default=1024, help="cap per output stream (default 1024)")
+    g.add_argument("--workdir-mb", type=_positive_int, default=256, help="size of the work dir's tmpfs (default 256)")
+    g.add_argument("--cpu-cores", type=_positive_float, default=None, help="CPU quota in cores (cgroup; default none)")
     g.add_argument(
         "--network", action="store_true", help="keep host networking (no network namespace or socket filter)"
     )
@@ -71,6 +73,8 @@ def _limits(ns: argparse.Namespace) -> Any:
         file_size_mb=ns.file_size_mb,
         processes=ns.processes,
         output_kb=ns.output_kb,
+        workdir_mb=ns.workdir_mb,
+        cpu_cores=ns.cpu_cores,
     )
 
 
@@ -106,7 +110,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     import os
 
     from apt_sandbox.result import IsolationError, SandboxError
-    from apt_sandbox.sandbox import _MISSING, Sandbox
+    from apt_sandbox.sandbox import _MISSING, Sandbox, default_python_path
 
     if ":" not in ns.target or ns.target.startswith(":") or ns.target.endswith(":"):
         return _fail(f"target {ns.target!r} must look like 'package.module:function'")
@@ -124,7 +128,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             _limits(ns),
             network=ns.network,
             require=ns.require,
-            python_path=[*extra, *sys.path],
+            python_path=[*extra, *default_python_path()],
         )
         res = sb.call(ns.target, args)
     except (ValueError, TypeError) as exc:
@@ -153,6 +157,16 @@ def _cmd_check(ns: argparse.Namespace) -> int:
     for key, note in report["notes"].items():
         if key not in report["isolation"]:
             print(f"  note: {key}: {note}")
+    group = report["cgroup"]
+    if group is None:
+        print("limits: RLIMITs per process only (no cgroup could be made)")
+    else:
+        shown = ", ".join(f"{k}={v}" for k, v in group["limits"].items())
+        print(f"limits: cgroup v{group['version']} per sandbox ({shown}) over RLIMITs per process")
+    quota = report["workdir_bytes"]
+    print(f"work dir: {'tmpfs of ' + str(quota >> 20) + ' MiB' if quota else 'host disk, RLIMIT_FSIZE per file only'}")
+    if report["bubblewrap"]:
+        print(f"alternative backend: bubblewrap at {report['bubblewrap']} (not used)")
     return 0
 
 

@@ -39,6 +39,7 @@ DTYPES: dict[str, tuple[int, str | None]] = {
     "complex128": (16, "<c16"),
 }
 MAX_DIMS = 32
+MAX_DIM = 1 << 40
 
 
 class DecodeError(ValueError):
@@ -168,16 +169,36 @@ def _buffer(ref: dict, buffers: list[bytearray]) -> bytearray:
     return buffers[idx]
 
 
-def _decode_tensor(ref: dict, buffers: list[bytearray]) -> Any:
-    dtype, shape, lib = ref.get("dtype"), ref.get("shape"), ref.get("lib")
-    if dtype not in DTYPES or lib not in ("torch", "numpy"):
-        raise DecodeError("bad tensor dtype or library")
+def _check_shape(shape: Any) -> list[int]:
+    """Refuse shapes no real tensor has, before torch or numpy compute strides from them.
+
+    An empty tensor matches a zero-byte buffer whatever its other dims, so
+    ``[0, 2**63]`` passes the byte-length check; libraries then overflow
+    (``ValueError``, ``OverflowError``, ``RuntimeError``) or, worse, accept it.
+    """
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or any(type(d) is not int or d < 0 for d in shape):
         raise DecodeError("bad tensor shape")
+    if any(d > MAX_DIM for d in shape) or math.prod(d for d in shape if d) > MAX_DIM:
+        raise DecodeError(f"bad tensor shape: dims beyond {MAX_DIM}")
+    return shape
+
+
+def _decode_tensor(ref: dict, buffers: list[bytearray]) -> Any:
+    dtype, lib = ref.get("dtype"), ref.get("lib")
+    if dtype not in DTYPES or lib not in ("torch", "numpy"):
+        raise DecodeError("bad tensor dtype or library")
+    shape = _check_shape(ref.get("shape"))
     itemsize, np_dtype = DTYPES[dtype]
     buf = _buffer(ref, buffers)
     if math.prod(shape) * itemsize != len(buf):
         raise DecodeError("tensor shape does not match its byte length")
+    try:
+        return _materialise(dtype, shape, lib, np_dtype, buf)
+    except (ValueError, OverflowError, RuntimeError, TypeError) as exc:
+        raise DecodeError(f"tensor rejected by {lib}: {type(exc).__name__}") from None
+
+
+def _materialise(dtype: str, shape: list[int], lib: str, np_dtype: str | None, buf: bytearray) -> Any:
     if lib == "torch" and torch_available():
         import torch
 

@@ -3,8 +3,10 @@
 Wire format: ``b"APT1"``, a 4-byte big-endian header length, the UTF-8 JSON
 header (an object whose ``"buffers"`` lists the byte length of each raw
 buffer), then the buffers back to back.  The parent side (``FrameReader``)
-checks every length against caps before allocating, so a hostile child can
-make a call fail but cannot make the parent allocate, block or unpickle.
+checks every length against caps, grows buffers only as bytes arrive and
+checks a decode budget before parsing a header, so a hostile child can make a
+call fail but cannot make the parent allocate much more than it sent, block
+or unpickle.  Requests carry an ``"id"`` the answer must echo.
 
 Large buffers (tensors) skip the pipe: the sender copies them once into a
 sealed memfd and passes the descriptor over a Unix socket; the header lists
@@ -20,6 +22,7 @@ import io
 import json
 import mmap
 import os
+import re
 import socket
 import stat
 import struct
@@ -32,6 +35,11 @@ if TYPE_CHECKING:
 
 MAGIC = b"APT1"
 PREFIX = struct.Struct(">4sI")
+HEADER_CAP = 4 << 20
+MAX_VALUES = 1 << 17
+MAX_DEPTH = 200
+UNCHECKED_BYTES = 64 << 10
+READ_CHUNK = 1 << 20
 MAX_BUFFERS = 65536
 MAX_SHARED = 64
 SHARE_MIN_BYTES = 1 << 20
@@ -43,13 +51,17 @@ class ProtocolError(DecodeError):
 
 
 class Message:
-    """One packed frame: bytes for the pipe plus sealed memfds for the socket."""
+    """One packed frame: bytes for the pipe plus sealed memfds for the socket.
 
-    __slots__ = ("parts", "fds")
+    ``request_id`` is the header's ``"id"``: the answer must echo it.
+    """
 
-    def __init__(self, parts: list[memoryview], fds: list[int] | None = None) -> None:
+    __slots__ = ("parts", "fds", "request_id")
+
+    def __init__(self, parts: list[memoryview], fds: list[int] | None = None, request_id: str | None = None) -> None:
         self.parts = parts
         self.fds = fds if fds is not None else []
+        self.request_id = request_id
 
     def close(self) -> None:
         for fd in self.fds:
@@ -79,7 +91,8 @@ def pack(header: dict[str, Any], buffers: list[memoryview], *, share: bool = Fal
     if shared:
         header["shared"] = shared
     body = json.dumps(header, separators=(",", ":"), allow_nan=True).encode()
-    msg = Message([memoryview(PREFIX.pack(MAGIC, len(body)) + body)])
+    rid = header.get("id")
+    msg = Message([memoryview(PREFIX.pack(MAGIC, len(body)) + body)], request_id=rid if isinstance(rid, str) else None)
     try:
         for i, buf in enumerate(buffers):
             if i in shared:
@@ -163,7 +176,36 @@ def write_all(fd: int, parts: list[memoryview]) -> None:
             view = view[n:]
 
 
-def _parse_header(body: bytes, max_total: int) -> tuple[dict[str, Any], list[int]]:
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|\Z)|[\[\]{},]')
+
+
+def check_budget(body: bytes | bytearray, *, max_values: int = MAX_VALUES, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a header whose parsed form would cost far more memory than its bytes.
+
+    ``json.loads`` turns ``[],`` (3 bytes) into a 56-byte list; a header of
+    millions of them costs the parent gigabytes.  Strings, commas and brackets
+    are counted (an over-estimate of the values) before anything is parsed;
+    headers up to ``UNCHECKED_BYTES`` cannot hold enough values to matter.
+    """
+    if len(body) <= UNCHECKED_BYTES:
+        return
+    values = 1
+    depth = 0
+    for match in _TOKENS.finditer(body):
+        c = body[match.start()]
+        if c in b"[{":
+            depth += 1
+            if depth > max_depth:
+                raise ProtocolError(f"message header nested deeper than {max_depth}")
+        elif c in b"]}":
+            depth -= 1
+            continue
+        values += 1
+        if values > max_values:
+            raise ProtocolError(f"message header exceeds the decode budget of {max_values} JSON values")
+
+
+def _parse_header(body: bytes | bytearray, max_total: int) -> tuple[dict[str, Any], list[int]]:
     try:
         header = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -181,46 +223,56 @@ def _parse_header(body: bytes, max_total: int) -> tuple[dict[str, Any], list[int
 
 
 class FrameReader:
-    """Incremental, non-blocking frame parser for one pipe.
+    """Incremental, non-blocking frame parser for the parent's end of the response pipe.
 
     ``feed()`` reads what is available and returns a complete
-    ``(header, buffers)`` once one has arrived, else ``None``.
+    ``(header, buffers)`` once one has arrived, else ``None``.  Declared sizes
+    are checked against the caps but never allocated up front: each buffer
+    grows only as its bytes arrive, so a child that announces 512 MiB and
+    sends nothing costs nothing.
     """
 
-    def __init__(self, fd: int, *, max_header: int, max_total: int, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self, fd: int, *, max_header: int = HEADER_CAP, max_total: int, sock: socket.socket | None = None
+    ) -> None:
         self.fio = io.FileIO(fd, "rb", closefd=False)
         self.sock = sock
         self.max_header = max_header
         self.max_total = max_total
         self.eof = False
+        self._scratch = bytearray(READ_CHUNK)
         self._reset()
 
     def _reset(self) -> None:
         self._stage = "prefix"
-        self._target = bytearray(PREFIX.size)
-        self._view = memoryview(self._target)
-        self._pos = 0
+        self._need = PREFIX.size
+        self._buf = bytearray()
         self._header: dict[str, Any] = {}
         self._sizes: list[int] = []
         self._bufs: list[Any] = []
         self._shared: dict[int, mmap.mmap] = {}
 
-    def _advance(self) -> tuple[dict[str, Any], list[bytearray]] | None:
+    @property
+    def busy(self) -> bool:
+        """True while part of a frame has been read."""
+        return self._stage != "prefix" or bool(self._buf)
+
+    def _advance(self) -> tuple[dict[str, Any], list[Any]] | None:
         if self._stage == "prefix":
-            magic, n = PREFIX.unpack(self._target)
+            magic, n = PREFIX.unpack(self._buf)
             if magic != MAGIC:
                 raise ProtocolError("bad frame magic (output on the protocol pipe?)")
             if n > self.max_header:
                 raise ProtocolError(f"message header of {n} bytes exceeds the {self.max_header}-byte cap")
-            self._stage = "header"
-            self._target = bytearray(n)
+            self._stage, self._need = "header", n
         elif self._stage == "header":
-            self._header, self._sizes = _parse_header(bytes(self._target), self.max_total)
+            check_budget(self._buf)
+            self._header, self._sizes = _parse_header(self._buf, self.max_total)
             self._shared = receive_shared(self.sock, self._header, self._sizes)
             self._stage = "buffers"
-            self._target = bytearray(0)
-        elif self._stage == "buffers":
-            self._bufs.append(self._target)
+        else:
+            self._bufs.append(self._buf)
+        self._buf = bytearray()
         if self._stage == "buffers":
             while len(self._bufs) < len(self._sizes) and (
                 self._sizes[len(self._bufs)] == 0 or len(self._bufs) in self._shared
@@ -231,22 +283,20 @@ class FrameReader:
                 done = (self._header, self._bufs)
                 self._reset()
                 return done
-            self._target = bytearray(self._sizes[len(self._bufs)])
-        self._view = memoryview(self._target)
-        self._pos = 0
-        if not self._target:
-            return self._advance()
+            self._need = self._sizes[len(self._bufs)]
         return None
 
-    def feed(self) -> tuple[dict[str, Any], list[bytearray]] | None:
+    def feed(self) -> tuple[dict[str, Any], list[Any]] | None:
+        view = memoryview(self._scratch)
         while True:
-            if self._pos == len(self._target):
+            if len(self._buf) == self._need:
                 done = self._advance()
                 if done is not None:
                     return done
                 continue
+            want = min(self._need - len(self._buf), READ_CHUNK)
             try:
-                n = self.fio.readinto(self._view[self._pos :])
+                n = self.fio.readinto(view[:want])
             except BlockingIOError:
                 return None
             if n is None:
@@ -254,7 +304,7 @@ class FrameReader:
             if n == 0:
                 self.eof = True
                 return None
-            self._pos += n
+            self._buf += view[:n]
 
 
 def read_frame_blocking(fd: int, sock: socket.socket | None = None) -> tuple[dict[str, Any], list[Any]] | None:

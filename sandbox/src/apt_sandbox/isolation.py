@@ -28,6 +28,8 @@ LAYERS = (
     "uid_drop",
     "no_new_privs",
     "rlimits",
+    "cgroup",
+    "workdir_tmpfs",
 )
 
 CLONE_NEWNS = 0x00020000
@@ -150,6 +152,17 @@ def make_private() -> None:
 
 def mount_tmpfs(target: str, size_bytes: int) -> None:
     mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_bytes},nr_inodes=16384,mode=1777")
+
+
+def mount_workdir(target: str, size_bytes: int, uid: int, gid: int) -> None:
+    """A private, size-capped work dir: writes past ``size_bytes`` fail with ENOSPC, and nothing reaches the host disk."""
+    mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"size={size_bytes},nr_inodes=65536,mode=0700,uid={uid},gid={gid}",
+    )
 
 
 def bind(source_fd: int, target: str, *, writable: bool) -> None:
@@ -284,6 +297,11 @@ DENIED_SYSCALLS = (
 )
 
 AF_UNIX = 1
+# The kernel reads an ioctl request as 32 bits and libseccomp compares 64, so
+# rules mask the high half: TIOCSTI | 1 << 32 is TIOCSTI to the tty driver.
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+IOCTL_DENIED = (TIOCSTI, TIOCLINUX)
 
 
 def _load_libseccomp() -> ctypes.CDLL:
@@ -349,7 +367,8 @@ def install_seccomp(*, allow_network: bool) -> int:
             if flag & ns_flags:
                 add("clone", eperm, (0, SCMP_CMP_MASKED_EQ, flag, flag))
         add("clone3", SCMP_ACT_ERRNO(errno.ENOSYS))
-        add("ioctl", eperm, (1, SCMP_CMP_EQ, 0x5412, 0))  # TIOCSTI: inject input into a terminal
+        for request in IOCTL_DENIED:
+            add("ioctl", eperm, (1, SCMP_CMP_MASKED_EQ, 0xFFFFFFFF, request))
         rc = lib.seccomp_load(ctx)
         if rc != 0:
             raise OSError(-rc, "seccomp_load failed")

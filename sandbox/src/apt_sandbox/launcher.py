@@ -1,16 +1,20 @@
 """The launcher: a single-threaded process that builds the jail and execs the worker.
 
 The parent is often multi-threaded (servers, test runners), where ``preexec_fn``
-is unsafe; so the parent only ``posix_spawn``s this script, which is free to
+is unsafe; so the parent only spawns this script, which is free to
 unshare, mount, drop privileges and fork before it execs the real worker.
 
-Run as ``python -I -S launcher.py CONFIG_JSON``.  File descriptors on entry:
-0 /dev/null, 1 and 2 output pipes, 3 request pipe, 4 response pipe,
-5 status pipe (launcher -> parent, never reachable by the worker),
-6 Unix socket carrying sealed memfds for large buffers.
+Run as ``python -I -S launcher.py CONFIG_JSON FDS``.  The parent spawns it
+with an explicit descriptor list: 0 /dev/null, 1 and 2 output pipes, and the
+four protocol descriptors named in FDS, which the launcher moves to
+3 request pipe, 4 response pipe, 5 status pipe (launcher -> parent, never
+reachable by the worker), 6 Unix socket carrying sealed memfds for large
+buffers.  Everything else above 2 is closed before anything else happens,
+whatever the parent's caller left inheritable.
 
 Status lines (JSON, newline-terminated) on fd 5: ``{"pid": N}`` once the worker
-process exists, ``{"isolation": {...}, "notes": {...}}`` just before exec, and
+process exists, ``{"isolation": {...}, "notes": {...}, "facts": {...}}`` just
+before exec, and
 ``{"exit": code, "signal": sig, "cpu": seconds}`` when a PID-namespace worker ends.
 ``{"fatal": text}`` means the worker never started.
 """
@@ -24,7 +28,9 @@ import signal
 import sys
 
 STATUS_FD = 5
+PROTOCOL_FDS = (3, 4, 5, 6)
 EXIT_FATAL = 121
+MAX_FD = 1 << 20
 
 
 def _status(msg: dict) -> None:
@@ -36,6 +42,66 @@ def _status(msg: dict) -> None:
 def _fatal(text: str, iso: dict | None = None, notes: dict | None = None) -> None:
     _status({"fatal": text, "isolation": iso or {}, "notes": notes or {}})
     os._exit(EXIT_FATAL)
+
+
+def _adopt_descriptors(spec: str) -> None:
+    """Put the protocol descriptors at 3..6 and close every other descriptor above 2.
+
+    The parent already spawns with an explicit list; this is the guarantee
+    that holds even if it did not (a descriptor a shell, a CI runner or socket
+    activation left inheritable would otherwise reach the jail, past the mount
+    and network namespaces).
+    """
+    sources = [int(x) for x in spec.split(",")]
+    if len(sources) != len(PROTOCOL_FDS) or any(fd <= PROTOCOL_FDS[-1] for fd in sources):
+        raise ValueError(f"bad descriptor list {spec!r}")
+    for target, source in zip(PROTOCOL_FDS, sources, strict=True):
+        os.dup2(source, target)
+    os.closerange(PROTOCOL_FDS[-1] + 1, MAX_FD)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _join_cgroup(cfg: dict, iso: dict, notes: dict) -> None:
+    """Enter the sandbox's cgroup while still privileged: every later process is born inside it."""
+    files = cfg.get("cgroup_procs") or []
+    if not files:
+        notes["cgroup"] = cfg.get("cgroup_note") or "not requested"
+        return
+    try:
+        for path in files:
+            with open(path, "w") as fh:
+                fh.write(str(os.getpid()))
+    except OSError as exc:
+        notes["cgroup"] = f"could not join {exc.filename}: {exc.strerror}; RLIMITs only"
+        return
+    iso["cgroup"] = True
+    notes["cgroup"] = cfg["cgroup_note"]
+
+
+def _mount_workdir(cfg: dict, iso: dict, notes: dict, facts: dict) -> bool:
+    """Put the work dir on its own size-capped tmpfs; False leaves it on the host disk."""
+    from apt_sandbox import isolation as kernel
+
+    path = cfg["workdir"]
+    uid = cfg["uid"] if cfg.get("uid") is not None else os.geteuid()
+    gid = cfg["gid"] if cfg.get("gid") is not None else os.getegid()
+    try:
+        os.makedirs(path, exist_ok=True)
+        kernel.mount_workdir(path, cfg["workdir_bytes"], uid, gid)
+        for sub in ("home", "tmp"):
+            os.mkdir(os.path.join(path, sub), 0o700)
+            if os.geteuid() == 0:
+                os.chown(os.path.join(path, sub), uid, gid)
+        st = os.statvfs(path)
+    except OSError as exc:
+        notes["workdir_tmpfs"] = f"{exc}; the work dir stays on the host disk (RLIMIT_FSIZE only)"
+        return False
+    facts["workdir_bytes"] = st.f_blocks * st.f_frsize
+    iso["workdir_tmpfs"] = True
+    notes["workdir_tmpfs"] = f"tmpfs of {facts['workdir_bytes'] >> 20} MiB, charged to the sandbox's memory"
+    return True
 
 
 def _under(path: str, root: str) -> bool:
@@ -60,7 +126,7 @@ def _open_binds(cfg: dict, notes: dict) -> list[tuple[int, str, bool, bool]]:
     return binds
 
 
-def _setup_mounts(cfg: dict, iso: dict, notes: dict) -> None:
+def _setup_mounts(cfg: dict, iso: dict, notes: dict, facts: dict) -> None:
     """Read-only view of the host with private writable tmp dirs and the workdir bound back in."""
     from apt_sandbox import isolation as kernel
 
@@ -82,6 +148,9 @@ def _setup_mounts(cfg: dict, iso: dict, notes: dict) -> None:
             notes["private_tmp"] = f"{m}: {exc.strerror}"
     iso["private_tmp"] = bool(mounted) and len(mounted) == len(masks)
     for fd, path, writable, is_dir in sorted(binds, key=lambda b: (b[2], len(b[1]))):
+        if writable and path == cfg["workdir"] and _mount_workdir(cfg, iso, notes, facts):
+            os.close(fd)
+            continue
         if is_dir:
             if not os.path.isdir(path):
                 os.makedirs(path)
@@ -92,7 +161,7 @@ def _setup_mounts(cfg: dict, iso: dict, notes: dict) -> None:
         os.close(fd)
 
 
-def _worker_stage(cfg: dict, iso: dict, notes: dict, forked: bool, life_fd: int | None) -> None:
+def _worker_stage(cfg: dict, iso: dict, notes: dict, facts: dict, forked: bool, life_fd: int | None) -> None:
     from apt_sandbox import isolation as kernel
 
     if forked and iso.get("mount_ns"):
@@ -117,6 +186,8 @@ def _worker_stage(cfg: dict, iso: dict, notes: dict, forked: bool, life_fd: int 
             if os.read(life_fd, 1) == b"":
                 os._exit(EXIT_FATAL)
         os.close(life_fd)
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")
     try:
         kernel.set_no_new_privs()
         iso["no_new_privs"] = True
@@ -140,17 +211,18 @@ def _worker_stage(cfg: dict, iso: dict, notes: dict, forked: bool, life_fd: int 
     if missing:
         _fatal("required isolation unavailable: " + ", ".join(missing), iso, notes)
     if cfg.get("probe"):
-        _status({"isolation": iso, "notes": notes})
+        _status({"isolation": iso, "notes": notes, "facts": facts})
         os._exit(0)
     try:
         os.chdir(cfg["workdir"])
     except OSError as exc:
         _fatal(f"cannot enter workdir: {exc}", iso, notes)
-    _status({"isolation": iso, "notes": notes})
+    _status({"isolation": iso, "notes": notes, "facts": facts})
     if forked:
         os.close(STATUS_FD)
     else:
         os.set_inheritable(STATUS_FD, False)
+    os.closerange(PROTOCOL_FDS[-1] + 1, MAX_FD)
     try:
         os.execve(cfg["python"], cfg["argv"], cfg["env"])
     except OSError as exc:
@@ -159,12 +231,15 @@ def _worker_stage(cfg: dict, iso: dict, notes: dict, forked: bool, life_fd: int 
 
 
 def main(argv: list[str]) -> None:
+    _adopt_descriptors(argv[2])
     cfg = json.loads(argv[1])
     sys.path.insert(0, cfg["package_root"])
     from apt_sandbox import isolation as kernel
 
     iso = {layer: False for layer in kernel.LAYERS}
     notes: dict[str, str] = {}
+    facts: dict[str, int] = {}
+    _join_cgroup(cfg, iso, notes)
     uid, gid = cfg.get("uid"), cfg.get("gid")
     want = cfg["namespaces"]
     cfg["dropped_early"] = False
@@ -204,18 +279,19 @@ def main(argv: list[str]) -> None:
             notes[layer] = str(exc)
     if iso["mount_ns"]:
         try:
-            _setup_mounts(cfg, iso, notes)
+            _setup_mounts(cfg, iso, notes, facts)
         except OSError as exc:
             _fatal(f"mount setup failed: {exc}", iso, notes)
+    notes.setdefault("workdir_tmpfs", "needs a mount namespace; the work dir stays on the host disk")
     if not iso["pid_ns"]:
         _status({"pid": os.getpid()})
-        _worker_stage(cfg, iso, notes, forked=False, life_fd=None)
+        _worker_stage(cfg, iso, notes, facts, forked=False, life_fd=None)
         return
     life_r, life_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(life_w)
-        _worker_stage(cfg, iso, notes, forked=True, life_fd=life_r)
+        _worker_stage(cfg, iso, notes, facts, forked=True, life_fd=life_r)
         os._exit(EXIT_FATAL)
     os.close(life_r)
     _status({"pid": pid})

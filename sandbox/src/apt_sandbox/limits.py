@@ -12,8 +12,14 @@ MIB = 1024 * 1024
 class Limits:
     """Per-sandbox resource caps.
 
-    ``memory_mb`` is address space (RLIMIT_AS), so it must leave room for the
-    interpreter's mappings: torch alone maps several hundred MiB.  ``None``
+    ``memory_mb`` is enforced twice: per process as address space (RLIMIT_AS,
+    so it must leave room for the interpreter's mappings: torch alone maps
+    several hundred MiB) and, where a cgroup can be made, for the whole
+    sandbox as charged memory (every process, shmem, memfds, tmpfs pages).
+    ``cpu_seconds`` likewise counts every process of the sandbox through the
+    cgroup, with RLIMIT_CPU as the per-process floor; ``processes`` becomes
+    ``pids.max`` on top of RLIMIT_NPROC.  ``workdir_mb`` sizes the tmpfs the
+    work dir lives on; ``cpu_cores`` (optional) is a CFS quota.  ``None``
     leaves a limit unset.  ``output_kb`` caps each of stdout and stderr and
     ``message_mb`` caps one result message (tensors included); both protect the
     parent, not the child.
@@ -27,6 +33,8 @@ class Limits:
     processes: int = 64
     output_kb: int = 1024
     message_mb: int = 512
+    workdir_mb: int = 256
+    cpu_cores: float | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -37,6 +45,7 @@ class Limits:
             "processes": (self.processes, 1),
             "output_kb": (self.output_kb, 1),
             "message_mb": (self.message_mb, 1),
+            "workdir_mb": (self.workdir_mb, 1),
         }
         for name, (value, minimum) in checks.items():
             if value is None and name in ("memory_mb", "cpu_seconds"):
@@ -49,6 +58,10 @@ class Limits:
             or not self.wall_seconds > 0
         ):
             raise ValueError(f"Limits.wall_seconds must be a positive number, got {self.wall_seconds!r}")
+        if self.cpu_cores is not None and (
+            isinstance(self.cpu_cores, bool) or not isinstance(self.cpu_cores, (int, float)) or not self.cpu_cores >= 0.01
+        ):
+            raise ValueError(f"Limits.cpu_cores must be a number >= 0.01 or None, got {self.cpu_cores!r}")
 
     def rlimits(self, *, worker: bool) -> dict[str, int | None]:
         """The kernel limits the launcher applies.

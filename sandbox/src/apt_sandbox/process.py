@@ -1,13 +1,16 @@
 """Parent-side handle on one launched sandbox: spawn, talk, kill, clean up.
 
-Only ``posix_spawn`` is used (safe from threaded parents), every parent pipe
-end is non-blocking, and a single ``selectors`` loop multiplexes the request,
-the response, both output streams, the launcher's status pipe and a pidfd, so a
-child that stops reading, floods output or never answers cannot stall us.
+The launcher is spawned by ``subprocess`` with ``close_fds`` and an explicit
+``pass_fds`` list and no ``preexec_fn`` (safe from threaded parents, and no
+descriptor of the caller's leaks in).  Every parent pipe end is non-blocking,
+and a single ``selectors`` loop multiplexes the request, the response, both
+output streams, the launcher's status pipe and a pidfd, so a child that stops
+reading, floods output or never answers cannot stall us.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import fcntl
@@ -15,14 +18,15 @@ import json
 import os
 import select
 import selectors
-import shutil
 import signal
 import socket
-import sys
+import subprocess
+import termios
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from apt_sandbox.cgroups import Cgroup
 from apt_sandbox.ipc import FrameReader, Message, ProtocolError, send_fds
 
 F_SETPIPE_SZ = 1031
@@ -30,6 +34,13 @@ PIPE_BYTES = 1 << 20
 STATUS_CAP = 1 << 16
 CPU_POLL_S = 0.1
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+_FRAME_ERRORS = (ProtocolError, OSError, ValueError, OverflowError)
+
+
+def _frame_error(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ProtocolError) else f"reading the reply failed: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -51,7 +62,7 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
 
 
-def sweep_uid(uid: int, rounds: int = 50) -> int:
+def sweep_uid(uid: int, rounds: int = 50, keep: frozenset[int] = frozenset()) -> int:
     """SIGKILL every process whose real uid is ``uid`` until none is left.
 
     Only ever called with a uid allocated for one sandbox, so nothing else can
@@ -74,7 +85,7 @@ def sweep_uid(uid: int, rounds: int = 50) -> int:
                         continue
             except (OSError, ValueError):
                 continue
-            if real == uid:
+            if real == uid and int(name) not in keep:
                 found += 1
                 with contextlib.suppress(OSError):
                     os.kill(int(name), signal.SIGKILL)
@@ -99,19 +110,78 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: str, dir_fd: int | None) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink everything but subdirectories in an open directory; return the subdirectories."""
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o700)
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    return subdirs
+
+
 def remove_tree(path: str) -> None:
-    """Remove the work dir even if the sandboxed code chmod-ed parts of it to 000."""
+    """Remove the work dir whatever the sandboxed code left in it.
 
-    def fix(func: Any, p: str, exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fix)
-    else:
-        shutil.rmtree(path, onerror=fix)
+    Walks with one open directory at a time and names relative to it, so
+    neither depth (no recursion, no ``PATH_MAX``) nor ``chmod 000`` nor
+    symlinks swapped in for directories can stop it or lead it outside the tree.
+    Raises ``OSError`` if something still cannot be removed.
+    """
+    try:
+        fd = _open_dir(path, None)
+    except FileNotFoundError:
+        return
+    except (NotADirectoryError, OSError) as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(path)
+        return
+    stack: list[tuple[str, list[str], int, int]] = []
+    try:
+        pending = _clear_files(fd)
+        while True:
+            if pending:
+                name = pending.pop()
+                try:
+                    child = _open_dir(name, fd)
+                except FileNotFoundError:
+                    continue
+                st = os.fstat(fd)
+                stack.append((name, pending, st.st_dev, st.st_ino))
+                os.close(fd)
+                fd = child
+                pending = _clear_files(fd)
+                continue
+            if not stack:
+                break
+            name, pending, dev, ino = stack.pop()
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            st = os.fstat(parent)
+            os.close(fd)
+            fd = parent
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                raise OSError(errno.ESTALE, f"directory moved during removal of {path}")
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
 
 
 class SandboxProcess:
@@ -126,17 +196,23 @@ class SandboxProcess:
         sweep_uid: int | None,
         output_cap: int,
         message_cap: int,
+        cgroup: Cgroup | None = None,
     ) -> None:
         self.workdir = workdir
         self._sweep_uid = sweep_uid
+        self.cgroup = cgroup
         self.output_cap = output_cap
         self.isolation: dict[str, bool] = {}
         self.notes: dict[str, str] = {}
+        self.facts: dict[str, Any] = {}
         self.fatal: str | None = None
         self.worker_pid: int | None = None
         self.exit_info: dict[str, Any] | None = None
         self.returncode: int | None = None
         self.rusage_cpu: float | None = None
+        self.teardown_error: str | None = None
+        self.cpu_base = 0.0
+        self.oom_base = 0
         self.out = bytearray()
         self.err = bytearray()
         self._status_buf = bytearray()
@@ -163,20 +239,21 @@ class SandboxProcess:
             _grow_pipe(req_w)
             _grow_pipe(resp_w)
             highs = []
-            for fd in (out_w, err_w, req_r, resp_w, st_w, sock_w):
+            for fd in (req_r, resp_w, st_w, sock_w):
                 highs.append(_high_dup(fd))
                 opened.append(highs[-1])
-            actions: list[tuple] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
-            actions += [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in zip(highs, (1, 2, 3, 4, 5, 6), strict=True)]
-            self.pid = os.posix_spawn(
-                python,
-                launcher_argv,
-                {"LC_ALL": "C.UTF-8"},
-                file_actions=actions,
-                setsid=True,
-                setsigmask=(),
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD),
+            self._popen = subprocess.Popen(
+                [*launcher_argv, ",".join(map(str, highs))],
+                executable=python,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=highs,
+                close_fds=True,
+                start_new_session=True,
+                env={"LC_ALL": "C.UTF-8"},
             )
+            self.pid = self._popen.pid
         except BaseException:
             for fd in opened:
                 os.close(fd)
@@ -192,9 +269,7 @@ class SandboxProcess:
             os.set_blocking(fd, False)
         sock_parent.setblocking(False)
         self.sock = sock_parent
-        self.reader = FrameReader(
-            resp_r, max_header=min(message_cap, 64 << 20), max_total=message_cap, sock=sock_parent
-        )
+        self.reader = FrameReader(resp_r, max_total=message_cap, sock=sock_parent)
         self.pidfd: int | None = None
         try:
             self.sel = selectors.DefaultSelector()
@@ -256,6 +331,9 @@ class SandboxProcess:
                 if isinstance(msg.get("isolation"), dict):
                     self.isolation = {str(k): bool(v) for k, v in msg["isolation"].items()}
                     self.notes = {str(k): str(v) for k, v in msg.get("notes", {}).items()}
+                    facts = msg.get("facts")
+                    if isinstance(facts, dict):
+                        self.facts = {str(k): v for k, v in facts.items() if type(v) in (int, str)}
                 if "fatal" in msg:
                     self.fatal = str(msg["fatal"])
                 if "exit" in msg:
@@ -285,14 +363,59 @@ class SandboxProcess:
         try:
             pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
-            self.returncode = -1
+            self.returncode = self._popen.returncode = -1
             return True
         if pid == 0:
             return False
         self.returncode = os.waitstatus_to_exitcode(status)
+        self._popen.returncode = self.returncode
         self.rusage_cpu = usage.ru_utime + usage.ru_stime
         self.alive = False
         return True
+
+    def _stray_data(self) -> str | None:
+        """Why the response channel is not quiet before a request, or None.
+
+        Between calls nothing may be waiting there: a frame queued early would
+        otherwise be taken as the answer to the next, unrelated request.
+        """
+        if self.reader.busy:
+            return "a partial frame was left on the response pipe before this request"
+        avail = array.array("i", [0])
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(self.resp_r, termios.FIONREAD, avail)
+        if avail[0]:
+            return f"{avail[0]} unsolicited bytes were waiting on the response pipe before this request"
+        try:
+            if self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return "unsolicited descriptors were waiting on the buffer channel before this request"
+        except OSError:
+            pass
+        return None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU used by the sandbox: the whole cgroup where there is one, else the worker process."""
+        if self.cgroup is not None:
+            used = self.cgroup.cpu_seconds()
+            if used is not None:
+                return used
+        return proc_cpu_seconds(self.worker_pid) if self.worker_pid is not None else None
+
+    def start_call(self, *, fresh: bool) -> None:
+        """Set the baselines a call's CPU and OOM kills are counted from (zero for a fresh sandbox)."""
+        if self.cgroup is None or fresh:
+            self.cpu_base, self.oom_base = 0.0, 0
+            return
+        self.cpu_base = self.cgroup.cpu_seconds() or 0.0
+        self.oom_base = self.cgroup.oom_kills()
+        self.cgroup.reset_peak()
+
+    def _frame(self, frame: tuple[dict[str, Any], list[Any]], expect: str | None) -> Outcome:
+        if expect is not None and frame[0].get("id") != expect:
+            return Outcome("protocol", detail="response frame does not carry this request's id (forged or stale)")
+        if not self.drain():
+            return Outcome("output_limit")
+        return Outcome("response", frame[0], frame[1])
 
     def exchange(
         self,
@@ -300,15 +423,25 @@ class SandboxProcess:
         deadline: float,
         *,
         cpu_limit: float | None = None,
+        fresh: bool = False,
     ) -> Outcome:
-        """Send one request (if any) and wait for one response frame or the end of the process.
+        """Send one request (if any) and wait for its response frame or the end of the process.
 
-        ``cpu_limit`` is enforced by polling the kernel's account of the worker
-        every ``CPU_POLL_S``; the baseline is the first poll, so a call gets up
-        to one poll interval of CPU per thread beyond the limit.
+        The channel must be quiet before the request and the answer must carry
+        the request's id.  ``cpu_limit`` is enforced by polling the kernel's
+        account every ``CPU_POLL_S``: the cgroup's (all processes, counted from
+        the start of the call, or of the sandbox when ``fresh``) where there is
+        one, else the worker process's own from the first poll.
         """
         pending: list[memoryview] = []
+        expect: str | None = None
         if message is not None:
+            expect = message.request_id
+            stray = self._stray_data()
+            if stray is not None:
+                message.close()
+                return Outcome("protocol", detail=stray)
+            self.start_call(fresh=fresh)
             try:
                 send_fds(self.sock, message.fds)
             except OSError as exc:
@@ -320,8 +453,9 @@ class SandboxProcess:
         writing = bool(pending)
         if writing:
             self.sel.register(self.req_w, selectors.EVENT_WRITE)
-        track_cpu = bool(cpu_limit) and self.worker_pid is not None
-        cpu_base: float | None = None
+        by_cgroup = self.cgroup is not None and self.cgroup.cpu_seconds() is not None
+        track_cpu = bool(cpu_limit) and (by_cgroup or (not fresh and self.worker_pid is not None))
+        cpu_base: float | None = self.cpu_base if by_cgroup else None
         next_cpu_check = time.monotonic() + CPU_POLL_S
         try:
             while True:
@@ -342,12 +476,10 @@ class SandboxProcess:
                     elif fd == self.resp_r:
                         try:
                             frame = self.reader.feed()
-                        except ProtocolError as exc:
-                            return Outcome("protocol", detail=str(exc))
+                        except _FRAME_ERRORS as exc:
+                            return Outcome("protocol", detail=_frame_error(exc))
                         if frame is not None:
-                            if not self.drain():
-                                return Outcome("output_limit")
-                            return Outcome("response", frame[0], frame[1])
+                            return self._frame(frame, expect)
                         if self.reader.eof:
                             self._unregister(fd)
                     elif fd in (self.out_r, self.err_r):
@@ -357,16 +489,19 @@ class SandboxProcess:
                         self._read_status()
                     elif fd == self.pidfd:
                         self._unregister(fd)
-                        return self._after_exit()
+                        return self._after_exit(expect)
                 if self.pidfd is None and self._reap(block=False):
-                    return self._after_exit()
+                    return self._after_exit(expect)
                 if track_cpu and time.monotonic() >= next_cpu_check:
                     next_cpu_check = time.monotonic() + CPU_POLL_S
-                    used = proc_cpu_seconds(self.worker_pid) if self.worker_pid is not None else None
+                    used = self.cpu_seconds()
                     if cpu_base is None:
                         cpu_base = used
                     elif used is not None and cpu_limit is not None and used - cpu_base > cpu_limit:
-                        return Outcome("cpu", detail=f"used more than {cpu_limit:g}s of CPU in this call")
+                        how = "all its processes, cgroup accounting" if by_cgroup else "worker process"
+                        return Outcome(
+                            "cpu", detail=f"used {used - cpu_base:.2f}s of CPU, over the {cpu_limit:g}s limit ({how})"
+                        )
         finally:
             if writing:
                 self._unregister(self.req_w)
@@ -384,16 +519,15 @@ class SandboxProcess:
         except OSError:
             pending.clear()
 
-    def _after_exit(self) -> Outcome:
+    def _after_exit(self, expect: str | None) -> Outcome:
         self._reap(block=True)
         try:
             frame = self.reader.feed()
-        except ProtocolError as exc:
-            return Outcome("protocol", detail=str(exc))
-        ok = self.drain()
+        except _FRAME_ERRORS as exc:
+            return Outcome("protocol", detail=_frame_error(exc))
         if frame is not None:
-            return Outcome("response", frame[0], frame[1]) if ok else Outcome("output_limit")
-        return Outcome("dead") if ok else Outcome("output_limit")
+            return self._frame(frame, expect)
+        return Outcome("dead") if self.drain() else Outcome("output_limit")
 
     # --- teardown ---
 
@@ -408,12 +542,27 @@ class SandboxProcess:
         except (AttributeError, OSError):
             return None
 
+    def kill_descendants(self) -> int:
+        """Kill every process in the sandbox but the launcher and the worker; returns how many.
+
+        Runs after each worker call so nothing a call started (a daemon, a
+        spinning child, a writer holding the response pipe) lives into the next.
+        """
+        keep = frozenset(p for p in (self.pid, self.worker_pid) if p)
+        if self.cgroup is not None:
+            return self.cgroup.kill(keep)
+        if self._sweep_uid is not None:
+            return sweep_uid(self._sweep_uid, keep=keep)
+        return 0
+
     def kill(self) -> None:
         """Kill the whole tree and wait until it is gone.
 
         The launcher's death SIGKILLs the PID-namespace init, whose exit kills
         and reaps every process in the namespace before its pidfd becomes
-        readable; without a PID namespace the group kill and uid sweep do it.
+        readable; the cgroup (or, without one, the group kill and uid sweep)
+        catches the rest.  When this process is a subreaper or PID 1 the
+        orphaned init becomes its child and is reaped here.
         """
         init_fd = self._init_pidfd()
         if self.returncode is None:
@@ -426,12 +575,16 @@ class SandboxProcess:
         elif not self.isolation.get("pid_ns"):
             with contextlib.suppress(OSError):
                 os.killpg(self.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
         if self._sweep_uid is not None and not self.isolation.get("pid_ns"):
             sweep_uid(self._sweep_uid)
         self._reap(block=True)
         if init_fd is not None:
             try:
                 select.select([init_fd], [], [], 10.0)
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitid(os.P_PIDFD, init_fd, os.WEXITED | os.WNOHANG)
             finally:
                 os.close(init_fd)
         self.alive = False
@@ -439,11 +592,19 @@ class SandboxProcess:
             self._read_status()
 
     def close(self) -> None:
+        """Kill, release every descriptor, delete the cgroup and the work dir.
+
+        Never raises for teardown trouble: it is recorded in ``teardown_error``
+        so the caller can turn it into an error ``Result``.
+        """
         if self._closed:
             return
         self._closed = True
+        problems: list[str] = []
         try:
             self.kill()
+        except OSError as exc:
+            problems.append(f"kill: {exc}")
         finally:
             if hasattr(self, "sel"):
                 self.sel.close()
@@ -452,4 +613,13 @@ class SandboxProcess:
                 if fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+        if self.cgroup is not None:
+            try:
+                self.cgroup.remove()
+            except OSError as exc:
+                problems.append(f"cgroup: {exc}")
+        try:
             remove_tree(self.workdir)
+        except OSError as exc:
+            problems.append(f"work dir: {exc}")
+        self.teardown_error = "; ".join(problems) or None

@@ -25,7 +25,11 @@ class Result:
     itself; ``timeout``, ``memory``, ``cpu``, ``killed`` and ``output_limit``
     from the sandbox.  ``isolation`` is what the launcher really achieved for
     this run, not what was asked for.  ``detail`` explains sandbox-side
-    outcomes (signal, exit code, protocol violation).
+    outcomes (signal, exit code, protocol violation).  ``usage`` is the
+    kernel's account of the call where a cgroup holds the sandbox:
+    ``cpu_s`` (all processes), ``memory_peak_bytes`` (per call on cgroup v1,
+    since the worker started on v2), ``oom_kills`` and ``leftovers_killed``
+    (processes still running after a worker call).
     """
 
     status: Status
@@ -39,6 +43,7 @@ class Result:
     exit_code: int | None = None
     signal: int | None = None
     duration_s: float = 0.0
+    usage: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -58,4 +63,5 @@ class Result:
             "duration_s": round(self.duration_s, 6),
             "isolation": dict(self.isolation),
             "isolation_notes": dict(self.isolation_notes),
+            "usage": dict(self.usage),
         }

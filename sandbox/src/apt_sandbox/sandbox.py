@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from apt_sandbox import cgroups
 from apt_sandbox import child as _child_mod
 from apt_sandbox import launcher as _launcher_mod
 from apt_sandbox.codec import DecodeError, decode, encode
@@ -32,6 +34,22 @@ SANDBOX_UIDS = range(UID_BASE, UID_BASE + UID_SPAN)
 NAMESPACES = ("user", "net", "pid", "mount", "ipc")
 
 
+def default_python_path() -> list[str]:
+    """The parent's ``sys.path`` minus the caller's script directory and working directory.
+
+    Python puts those first on the path; every path entry is bound read-only
+    into the jail (even under the private ``/tmp`` and home masks), so keeping
+    them would hand the sandbox whatever sits next to the calling script
+    (a ``.env``, credentials) or in the directory it was started from.
+    """
+    drop = {os.getcwd()}
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if isinstance(script, str) and getattr(main, "__spec__", None) is None:
+        drop.update({os.path.dirname(os.path.abspath(script)), os.path.dirname(os.path.realpath(script))})
+    return [p for p in sys.path if p and os.path.isabs(p) and os.path.normpath(p) not in drop]
+
+
 def _existing(paths: Iterable[str]) -> list[str]:
     out: list[str] = []
     for p in paths:
@@ -47,9 +65,11 @@ class Sandbox:
     filter).  ``require`` names layers (see ``apt_sandbox.LAYERS``) whose
     absence must be an error rather than a note in ``Result.isolation``.
     ``disable`` switches layers off, e.g. to reproduce a weaker host.
-    ``python_path`` defaults to the parent's ``sys.path`` so the child imports
-    what the parent can; ``expose`` adds read-only paths that would otherwise be
-    hidden by the private ``/tmp`` and home masks.
+    ``python_path`` defaults to the parent's ``sys.path`` without the caller's
+    script directory and working directory (see ``default_python_path``), so
+    the child imports what the parent's installed packages can; ``expose``
+    adds read-only paths that would otherwise be hidden by the private
+    ``/tmp`` and home masks.
     """
 
     def __init__(
@@ -75,7 +95,7 @@ class Sandbox:
         if network and "net_ns" in self.require:
             raise ValueError("require='net_ns' contradicts network=True")
         self.python = python or sys.executable
-        self.python_path = _existing(sys.path if python_path is None else python_path)
+        self.python_path = _existing(default_python_path() if python_path is None else python_path)
         self.expose = [os.path.abspath(os.fspath(p)) for p in expose]
         self.env = dict(env or {})
         self.user_namespace = (os.geteuid() != 0) if user_namespace is None else user_namespace
@@ -125,14 +145,35 @@ class Sandbox:
             "masks": self._masks(),
             "expose_ro": self._exposed(),
             "tmpfs_bytes": max(self.limits.file_size_mb, 16) * MIB,
+            "workdir_bytes": self.limits.workdir_mb * MIB,
             "require": list(self.require),
         }
+
+    def _cgroup(self, cfg: dict[str, Any]) -> cgroups.Cgroup | None:
+        if "cgroup" in self.disable:
+            cfg["cgroup_note"] = "disabled; RLIMITs only"
+            return None
+        limits = self.limits
+        group, why = cgroups.create(
+            secrets.token_hex(6),
+            memory=None if limits.memory_mb is None else limits.memory_mb * MIB,
+            pids=limits.processes + 1,
+            cpu_cores=limits.cpu_cores,
+        )
+        if group is None:
+            cfg["cgroup_note"] = f"unavailable ({why}); RLIMITs only"
+            return None
+        shown = ", ".join(f"{k} {v}" for k, v in group.limits.items())
+        cfg["cgroup_procs"] = group.procs_files()
+        cfg["cgroup_note"] = f"v{group.version} {shown} (memory counts shmem, memfd and tmpfs; pids include the launcher)"
+        return group
 
     def _spawn(self, mode: str, *, probe: bool = False) -> SandboxProcess:
         uid = None
         if os.geteuid() == 0 and "uid_drop" not in self.disable:
             uid = UID_BASE + secrets.randbelow(UID_SPAN)
         workdir = tempfile.mkdtemp(prefix="apt-sandbox-")
+        group: cgroups.Cgroup | None = None
         try:
             for sub in ("home", "tmp"):
                 os.mkdir(os.path.join(workdir, sub), 0o700)
@@ -143,6 +184,7 @@ class Sandbox:
             cfg = self._config(mode, workdir, uid)
             if probe:
                 cfg["probe"] = True
+            group = self._cgroup(cfg)
             argv = [self.python, "-I", "-S", _launcher_mod.__file__, json.dumps(cfg)]
             return SandboxProcess(
                 python=self.python,
@@ -151,8 +193,11 @@ class Sandbox:
                 sweep_uid=uid,
                 output_cap=self.limits.output_kb * 1024,
                 message_cap=self.limits.message_mb * MIB,
+                cgroup=group,
             )
         except BaseException:
+            if group is not None:
+                group.remove()
             remove_tree(workdir)
             raise
 
@@ -164,15 +209,47 @@ class Sandbox:
         if not isinstance(target, str) or ":" not in target:
             raise ValueError(f"target must look like 'package.module:function', got {target!r}")
         bufs: list[memoryview] = []
-        header: dict[str, Any] = {"op": "call", "target": target, "has_args": args is not _MISSING}
+        header: dict[str, Any] = {
+            "op": "call",
+            "id": secrets.token_hex(8),
+            "target": target,
+            "has_args": args is not _MISSING,
+        }
         if args is not _MISSING:
             header["args"] = encode(args, bufs)
         if tensors is not None:
             header["tensors"] = encode(dict(tensors), bufs)
         return pack(header, bufs, share=True)
 
-    def _result(self, proc: SandboxProcess, outcome: Outcome, started: float) -> Result:
-        """Turn what the parent observed into a ``Result``; trusts nothing the child claims beyond its own value."""
+    def _result(self, proc: SandboxProcess, outcome: Outcome, started: float, *, leftovers: int = 0) -> Result:
+        """Turn what the parent observed into a ``Result``; trusts nothing the child claims beyond its own value.
+
+        The cgroup's account overrides the child: if the kernel OOM-killed any
+        process of the sandbox during the call, the call hit its memory limit,
+        whatever the worker answered afterwards.
+        """
+        result = self._classify(proc, outcome, started)
+        group = proc.cgroup
+        if group is None:
+            return result
+        cpu = group.cpu_seconds()
+        ooms = group.oom_kills() - proc.oom_base
+        peak = group.memory_peak()
+        usage: dict[str, float] = {"oom_kills": ooms, "leftovers_killed": leftovers}
+        if cpu is not None:
+            usage["cpu_s"] = round(cpu - proc.cpu_base, 6)
+        if peak is not None:
+            usage["memory_peak_bytes"] = peak
+        if ooms > 0:
+            limit = "memory" if self.limits.memory_mb is None else f"memory limit of {self.limits.memory_mb} MiB"
+            detail = (
+                f"out of {limit}: the kernel killed {ooms} process(es) "
+                "of the sandbox's cgroup (anonymous memory, shmem, memfd and tmpfs all count)"
+            )
+            return dataclasses.replace(result, status="memory", value=None, detail=detail, usage=usage)
+        return dataclasses.replace(result, usage=usage)
+
+    def _classify(self, proc: SandboxProcess, outcome: Outcome, started: float) -> Result:
         if proc.fatal is not None and outcome.kind != "response":
             if proc.fatal.startswith("required isolation unavailable"):
                 raise IsolationError(f"{proc.fatal} (notes: {proc.notes})")
@@ -203,8 +280,8 @@ class Sandbox:
         if header.get("ok") is True:
             try:
                 value = decode(header.get("value"), outcome.buffers)
-            except (DecodeError, RecursionError, TypeError) as exc:
-                return Result("error", detail=f"protocol violation: {exc}", **common)
+            except (DecodeError, RecursionError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+                return Result("error", detail=f"protocol violation: {type(exc).__name__}: {exc}"[:10_000], **common)
             return Result("ok", value=value, **common)
         kind = header.get("kind")
         status: Status = "memory" if kind == "memory" else "cpu" if kind == "cpu" else "error"
@@ -252,10 +329,12 @@ class Sandbox:
             message.close()
             raise
         try:
-            outcome = proc.exchange(message, started + self.limits.wall_seconds)
-            return self._result(proc, outcome, started)
+            cpu = None if self.limits.cpu_seconds is None else float(self.limits.cpu_seconds)
+            outcome = proc.exchange(message, started + self.limits.wall_seconds, cpu_limit=cpu, fresh=True)
+            result = self._result(proc, outcome, started)
         finally:
             proc.close()
+        return teardown_checked(proc, result)
 
     def worker(self, *, preload: Sequence[str] = ()) -> Worker:
         """A long-lived worker; use as a context manager.  ``preload`` modules import once at start."""
@@ -265,6 +344,10 @@ class Sandbox:
 
     def probe(self) -> tuple[dict[str, bool], dict[str, str]]:
         """Build the jail without running anything and report what was achieved."""
+        iso, notes, _ = self._probe()
+        return iso, notes
+
+    def _probe(self) -> tuple[dict[str, bool], dict[str, str], dict[str, Any]]:
         proc = self._spawn("once", probe=True)
         try:
             deadline = time.monotonic() + 30
@@ -272,22 +355,42 @@ class Sandbox:
                 proc.exchange(None, min(deadline, time.monotonic() + 1))
             if proc.fatal:
                 raise IsolationError(proc.fatal)
-            return dict(proc.isolation), dict(proc.notes)
+            facts: dict[str, Any] = dict(proc.facts)
+            if proc.cgroup is not None and proc.isolation.get("cgroup"):
+                facts["cgroup"] = proc.cgroup.describe()
+            return dict(proc.isolation), dict(proc.notes), facts
         finally:
             proc.close()
+
+
+def teardown_checked(proc: SandboxProcess, result: Result) -> Result:
+    """A result whose sandbox could not be torn down completely is an error, whatever the code returned."""
+    if proc.teardown_error is None:
+        return result
+    detail = f"sandbox teardown failed: {proc.teardown_error}"
+    return dataclasses.replace(result, status="error", value=None, detail=detail)
 
 
 def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def check(*, network: bool = False) -> dict[str, Any]:
-    """Report which isolation layers this machine supports (runs one empty jail)."""
-    sb = Sandbox(Limits(), network=network)
-    iso, notes = sb.probe()
+def check(*, network: bool = False, limits: Limits | None = None) -> dict[str, Any]:
+    """Report the isolation this machine really gives a sandbox (runs one empty jail).
+
+    ``cgroup`` lists the controllers and limits in force (None: RLIMITs only),
+    ``workdir_bytes`` the size of the tmpfs the work dir got (None: host disk).
+    """
+    import shutil
+
+    sb = Sandbox(limits or Limits(), network=network)
+    iso, notes, facts = sb._probe()
     return {
         "isolation": iso,
         "notes": notes,
+        "cgroup": facts.get("cgroup"),
+        "workdir_bytes": facts.get("workdir_bytes"),
+        "bubblewrap": shutil.which("bwrap"),
         "euid": os.geteuid(),
         "kernel": os.uname().release,
         "python": sys.version.split()[0],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any
 from apt_sandbox.ipc import Message, pack
 from apt_sandbox.process import Outcome, SandboxProcess
 from apt_sandbox.result import Result, SandboxError
-from apt_sandbox.sandbox import _MISSING, Sandbox
+from apt_sandbox.sandbox import _MISSING, Sandbox, teardown_checked
 
 STARTUP_SECONDS = 60.0
 
@@ -24,7 +25,9 @@ class Worker:
     happened.  Memory and open-file limits apply to the worker as a whole.
     Calls from several threads are serialised: there is one process.  Start-up
     (interpreter plus ``preload``) gets at least ``STARTUP_SECONDS`` regardless of
-    the per-call wall limit.
+    the per-call wall limit.  After every call, any process the call left
+    running (a daemon, a background child) is killed, so nothing burns CPU or
+    holds a pipe between calls.
     """
 
     def __init__(self, sandbox: Sandbox, *, preload: Sequence[str] = ()) -> None:
@@ -66,10 +69,12 @@ class Worker:
         outcome = proc.exchange(None, started + startup)
         if outcome.kind == "response" and outcome.header.get("ready") is True and self.preload:
             outcome = proc.exchange(
-                pack({"op": "preload", "modules": self.preload}, []),
+                pack({"op": "preload", "id": secrets.token_hex(8), "modules": self.preload}, []),
                 time.monotonic() + startup,
             )
         ready = outcome.kind == "response" and outcome.header.get("ok") is True
+        if ready:
+            proc.kill_descendants()
         try:
             result = self.sandbox._result(proc, outcome, started)
         except BaseException:
@@ -107,11 +112,15 @@ class Worker:
             started + limits.wall_seconds,
             cpu_limit=None if limits.cpu_seconds is None else float(limits.cpu_seconds),
         )
-        if outcome.kind != "response":
+        leftovers = 0
+        if outcome.kind == "response":
+            leftovers = proc.kill_descendants()
+        else:
             proc.kill()
-        result = self.sandbox._result(proc, outcome, started)
+        result = self.sandbox._result(proc, outcome, started, leftovers=leftovers)
         if result.status not in ("ok", "error") or not proc.alive:
             self.close()
+            result = teardown_checked(proc, result)
         return result
 
     def ping(self) -> bool:
@@ -120,7 +129,10 @@ class Worker:
             proc = self._proc
             if proc is None or not proc.alive:
                 return False
-            outcome = proc.exchange(pack({"op": "ping"}, []), time.monotonic() + self.sandbox.limits.wall_seconds)
+            outcome = proc.exchange(
+                pack({"op": "ping", "id": secrets.token_hex(8)}, []),
+                time.monotonic() + self.sandbox.limits.wall_seconds,
+            )
             if outcome.kind != "response":
                 self.close()
                 return False
