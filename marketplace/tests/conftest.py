@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
+import json
 import os
 import socket
 import textwrap
@@ -62,18 +64,17 @@ class LiveServer:
     catalog: Catalog
     keys: KeyStore
 
-    def key(self, *packages: str, label: str = "test") -> str:
-        return self.keys.create(list(packages), label)
+    def key(self, *packages: str, label: str = "test", owner: str | None = None) -> str:
+        return self.keys.create(list(packages), label, owner).token
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -> Iterator[LiveServer]:
-    data_dir = tmp_path_factory.mktemp("market-data")
-    settings = Settings(data_dir=data_dir, database_url=database_url, max_upload_bytes=4 << 20, metadata_min_wheel_bytes=0)
+@contextlib.contextmanager
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    """A real uvicorn server on 127.0.0.1 in a thread, stopped (lifespan included) on exit."""
     app = create_app(settings)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -92,31 +93,58 @@ def server(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -
         thread.join(timeout=15)
 
 
+@pytest.fixture(scope="session")
+def live_server_factory() -> Callable[[Settings], contextlib.AbstractContextManager[LiveServer]]:
+    return live_server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, database_url: str | None) -> Iterator[LiveServer]:
+    """Publish checks off: these tests are about storage, search and the index, not vetting."""
+    data_dir = tmp_path_factory.mktemp("market-data")
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, max_upload_bytes=4 << 20, metadata_min_wheel_bytes=0, checks="off"
+    )
+    with live_server(settings) as live:
+        yield live
+
+
 @pytest.fixture
 def unique_name() -> str:
     return f"apt-plugin-t{uuid.uuid4().hex[:10]}"
 
 
-def build_wheel(name: str, version: str, requires_dist: list[str] | None = None, module: str | None = None) -> tuple[str, bytes]:
+def build_wheel(
+    name: str,
+    version: str,
+    requires_dist: list[str] | None = None,
+    module: str | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    entry_points: str = "[apt.providers]\nattention.fake = fake_plugin.provider:FakeProvider\n",
+    requires_python: str = ">=3.8",
+    build_tag: str = "",
+) -> tuple[str, bytes]:
     """A minimal, installable pure-Python wheel built in memory (packing a real project costs a
     pip subprocess; most tests only need valid bytes)."""
     dist = name.replace("-", "_")
     module = module or dist
     files: dict[str, bytes] = {
         f"{module}/__init__.py": f"VERSION = {version!r}\n".encode(),
+        **(extra_files or {}),
     }
     meta = [
         "Metadata-Version: 2.1",
         f"Name: {name}",
         f"Version: {version}",
         "Summary: test plugin",
-        "Requires-Python: >=3.8",
+        f"Requires-Python: {requires_python}",
         *[f"Requires-Dist: {r}" for r in (requires_dist or [])],
     ]
     distinfo = f"{dist}-{version}.dist-info"
     files[f"{distinfo}/METADATA"] = ("\n".join(meta) + "\n").encode()
     files[f"{distinfo}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    files[f"{distinfo}/entry_points.txt"] = b"[apt.providers]\nattention.fake = fake_plugin.provider:FakeProvider\n"
+    if entry_points:
+        files[f"{distinfo}/entry_points.txt"] = entry_points.encode()
     record = []
     for path, body in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
@@ -129,7 +157,7 @@ def build_wheel(name: str, version: str, requires_dist: list[str] | None = None,
             info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             zf.writestr(info, body, zipfile.ZIP_DEFLATED)
-    return f"{dist}-{version}-py3-none-any.whl", buf.getvalue()
+    return f"{dist}-{version}{'-' + build_tag if build_tag else ''}-py3-none-any.whl", buf.getvalue()
 
 
 @pytest.fixture
@@ -207,3 +235,36 @@ def plugin_project(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
         return root
 
     return make
+
+
+def raw_apx(manifest: dict, wheels: dict[str, bytes]) -> bytes:
+    """An archive whose apx.json is written as given, unvalidated: what an attacker sends."""
+    entries = {f"wheels/{fn}": data for fn, data in wheels.items()}
+    doc = {"format": 1, "core": "^2.0", "python": ">=3.8", "provides": ["attention.fake"], **manifest}
+    doc.setdefault("files", {p: hashlib.sha256(b).hexdigest() for p, b in entries.items()})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("apx.json", json.dumps(doc))
+        for path, body in entries.items():
+            zf.writestr(path, body)
+    return buf.getvalue()
+
+
+@pytest.fixture(name="raw_apx")
+def raw_apx_fixture() -> Callable[[dict, dict[str, bytes]], bytes]:
+    return raw_apx
+
+
+def assert_json_error(resp: httpx.Response, status: int, code: str | None = None) -> str:
+    """The standard error shape, one line of detail; returns the detail."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "detail"} and body["detail"] and "\n" not in body["detail"], body
+    if code is not None:
+        assert body["error"] == code, body
+    return body["detail"]
+
+
+@pytest.fixture(name="json_error")
+def json_error_fixture() -> Callable[..., str]:
+    return assert_json_error

@@ -226,7 +226,7 @@ def test_resolve_endpoint_body_validation(server) -> None:
     with server.client() as c:
         _assert_error(c.post("/api/v1/resolve", content=b"{not json"), 422, "invalid_request")
         _assert_error(c.post("/api/v1/resolve", json={"requirements": {"a": "^^"}}), 400, "invalid_requirement")
-        _assert_error(c.post("/api/v1/resolve", json={"requirements": {}, "core": "2"}), 400, "invalid_requirement")
+        _assert_error(c.post("/api/v1/resolve", json={"requirements": {}, "core": "2"}), 422, "invalid_request")
 
 
 def test_openapi_published(server) -> None:

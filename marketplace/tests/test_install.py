@@ -31,8 +31,8 @@ def _wheel(entries: dict[str, bytes]) -> WheelEntry:
         for name, body in entries.items():
             zf.writestr(name, body)
     data = buf.getvalue()
-    return WheelEntry("wheels/x-1.0.0-py3-none-any.whl", "x-1.0.0-py3-none-any.whl", data,
-                      hashlib.sha256(data).hexdigest(), b"", None)
+    return WheelEntry("wheels/x-1.0.0-py3-none-any.whl", "x-1.0.0-py3-none-any.whl",
+                      hashlib.sha256(data).hexdigest(), len(data), b"", None, content=data)
 
 
 def test_unpack_wheel_maps_purelib_and_refuses_escapes(tmp_path: Path) -> None:

@@ -162,8 +162,8 @@ def test_metadata_is_announced_only_for_wheels_worth_it(tmp_path: Path, make_apx
     from apt_marketplace.server.app import create_app
     from apt_marketplace.server.settings import Settings
 
-    app = create_app(Settings(data_dir=tmp_path / "data"))
-    token = app.state.keys.create(["apt-plugin-small"])
+    app = create_app(Settings(data_dir=tmp_path / "data", checks="off"))
+    token = app.state.keys.create(["apt-plugin-small"]).token
     with TestClient(app) as c:
         body = make_apx("apt-plugin-small").read_bytes()
         assert c.post("/api/v1/publish", content=body, headers={"Authorization": f"Bearer {token}"}).status_code == 201

@@ -21,19 +21,21 @@ __all__ = [
     "to_pep440",
 ]
 
-_NUM = r"0|[1-9]\d*"
-_PRE_ID = r"(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
+_NUM = r"0|[1-9][0-9]*"
+_PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
 _BUILD_ID = r"[0-9a-zA-Z-]+"
 _SEMVER_RE = re.compile(
     rf"^(?P<major>{_NUM})\.(?P<minor>{_NUM})\.(?P<patch>{_NUM})"
     rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?"
-    rf"(?:\+(?P<build>{_BUILD_ID}(?:\.{_BUILD_ID})*))?$"
+    rf"(?:\+(?P<build>{_BUILD_ID}(?:\.{_BUILD_ID})*))?\Z",
+    re.ASCII,
 )
-_XR = r"(?:0|[1-9]\d*|[xX*])"
+_XR = r"(?:0|[1-9][0-9]*|[xX*])"
 _PARTIAL_RE = re.compile(
     rf"^(?P<major>{_XR})(?:\.(?P<minor>{_XR})(?:\.(?P<patch>{_XR})"
     rf"(?:-(?P<pre>{_PRE_ID}(?:\.{_PRE_ID})*))?"
-    rf"(?:\+(?P<build>{_BUILD_ID}(?:\.{_BUILD_ID})*))?)?)?$"
+    rf"(?:\+(?P<build>{_BUILD_ID}(?:\.{_BUILD_ID})*))?)?)?\Z",
+    re.ASCII,
 )
 _COMPARATOR_RE = re.compile(r"^(?P<op>\^|~>?|>=|<=|>|<|=)?\s*(?P<ver>\S+)$")
 _MAX_TEXT = 256
@@ -342,7 +344,7 @@ def to_pep440(version: Version | str) -> str:
 def from_pep440(text: str) -> Version:
     """The semver spelling of a PEP 440 version from a pyproject (1.2.0rc1 -> 1.2.0-rc.1)."""
     m = re.fullmatch(
-        r"(\d+)\.(\d+)\.(\d+)(?:(a|b|rc)(\d+))?(?:\.dev(\d+))?", text.strip().lower()
+        r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:(a|b|rc)([0-9]+))?(?:\.dev([0-9]+))?", text.strip().lower(), re.ASCII
     )
     if not m:
         raise InvalidVersion(

@@ -11,12 +11,14 @@ import stat
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from .errors import ApxError
 
-__all__ = ["Limits", "open_zip", "wheel_metadata"]
+__all__ = ["Limits", "ZipReader", "open_zip", "wheel_metadata"]
 
 _CHUNK = 1 << 16
 
@@ -65,85 +67,114 @@ def _check_name(name: str, seen: set[str], folded: set[str]) -> None:
     folded.add(name.casefold())
 
 
-def _safe_entries(zf: zipfile.ZipFile, limits: Limits, archive_size: int, what: str) -> dict[str, bytes]:
-    """Decompress every entry by hand, counting real bytes, so lying headers gain nothing."""
-    infos = zf.infolist()
-    if len(infos) > limits.max_entries:
-        raise ApxError(f"{what} has {len(infos)} entries; the limit is {limits.max_entries}")
-    seen: set[str] = set()
-    folded: set[str] = set()
-    declared = 0
-    for info in infos:
-        _check_name(info.filename, seen, folded)
-        if info.flag_bits & 0x1:
-            raise ApxError(f"{what} entry {info.filename!r} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ApxError(f"{what} entry {info.filename!r} uses compression method {info.compress_type}; only stored and deflated are allowed")
-        mode = info.external_attr >> 16
-        if info.create_system == 3 and mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-            kind = "a symlink" if stat.S_ISLNK(mode) else "a special file"
-            raise ApxError(f"{what} entry {info.filename!r} is {kind}; only regular files are allowed")
-        if info.external_attr & 0x10:
-            raise ApxError(f"{what} entry {info.filename!r} is a directory")
-        if info.file_size > limits.max_entry_bytes:
-            raise ApxError(f"{what} entry {info.filename!r} unpacks to {info.file_size} bytes; the limit is {limits.max_entry_bytes}")
-        declared += info.file_size
-        if declared > limits.max_total_bytes:
-            raise ApxError(f"{what} unpacks beyond the {limits.max_total_bytes}-byte limit")
-    out: dict[str, bytes] = {}
-    total = 0
-    for info in infos:
+class ZipReader:
+    """An untrusted zip: every header is checked when it is opened, and entries are inflated
+    one at a time, on request, into a caller's sink. So the manifest can be read (and the
+    uploader's scope checked) before any wheel is inflated, and a wheel can be streamed to disk
+    instead of held in memory."""
+
+    def __init__(self, source: Path | bytes, limits: Limits, what: str) -> None:
+        self.limits = limits
+        self.what = what
+        self._fh: BinaryIO = open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)
+        try:
+            count = _eocd_entry_count(self._fh)
+            if count > limits.max_entries:
+                raise ApxError(f"{what} has {count} entries; the limit is {limits.max_entries}")
+            self._fh.seek(0, os.SEEK_END)
+            self.archive_size = self._fh.tell()
+            self._fh.seek(0)
+            try:
+                self._zf = zipfile.ZipFile(self._fh)
+            except (zipfile.BadZipFile, ValueError, struct.error) as exc:
+                raise ApxError(f"{what} is not a valid zip: {exc}") from None
+            self.infos = {info.filename: info for info in self._check_headers(self._zf.infolist())}
+        except BaseException:
+            self._fh.close()
+            raise
+        self.total = 0
+
+    def _check_headers(self, infos: list[zipfile.ZipInfo]) -> list[zipfile.ZipInfo]:
+        limits, what = self.limits, self.what
+        if len(infos) > limits.max_entries:
+            raise ApxError(f"{what} has {len(infos)} entries; the limit is {limits.max_entries}")
+        seen: set[str] = set()
+        folded: set[str] = set()
+        declared = 0
+        for info in infos:
+            _check_name(info.filename, seen, folded)
+            if info.flag_bits & 0x1:
+                raise ApxError(f"{what} entry {info.filename!r} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ApxError(f"{what} entry {info.filename!r} uses compression method {info.compress_type}; only stored and deflated are allowed")
+            mode = info.external_attr >> 16
+            if info.create_system == 3 and mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+                kind = "a symlink" if stat.S_ISLNK(mode) else "a special file"
+                raise ApxError(f"{what} entry {info.filename!r} is {kind}; only regular files are allowed")
+            if info.external_attr & 0x10:
+                raise ApxError(f"{what} entry {info.filename!r} is a directory")
+            if info.file_size > limits.max_entry_bytes:
+                raise ApxError(f"{what} entry {info.filename!r} unpacks to {info.file_size} bytes; the limit is {limits.max_entry_bytes}")
+            declared += info.file_size
+            if declared > limits.max_total_bytes:
+                raise ApxError(f"{what} unpacks beyond the {limits.max_total_bytes}-byte limit")
+        return infos
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def inflate(self, name: str, write: Callable[[bytes], object]) -> int:
+        """Decompress one entry into `write`, counting real bytes, so lying headers gain nothing."""
+        info = self.infos[name]
+        limits, what = self.limits, self.what
         cap = min(info.file_size, limits.max_entry_bytes)
-        buf = io.BytesIO()
         written = 0
         try:
-            with zf.open(info) as src:
-                while True:
-                    chunk = src.read(_CHUNK)
-                    if not chunk:
-                        break
+            with self._zf.open(info) as src:
+                while chunk := src.read(_CHUNK):
                     written += len(chunk)
-                    total += len(chunk)
-                    if written > cap or total > limits.max_total_bytes:
-                        raise ApxError(f"{what} entry {info.filename!r} unpacks beyond its declared or allowed size")
+                    self.total += len(chunk)
+                    if written > cap or self.total > limits.max_total_bytes:
+                        raise ApxError(f"{what} entry {name!r} unpacks beyond its declared or allowed size")
                     if written > limits.ratio_floor_bytes and written > limits.max_ratio * max(info.compress_size, 1):
-                        raise ApxError(
-                            f"{what} entry {info.filename!r} expands more than {limits.max_ratio}x its compressed size"
-                        )
-                    buf.write(chunk)
+                        raise ApxError(f"{what} entry {name!r} expands more than {limits.max_ratio}x its compressed size")
+                    write(chunk)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
-            raise ApxError(f"{what} entry {info.filename!r} is corrupt: {exc}") from None
+            raise ApxError(f"{what} entry {name!r} is corrupt: {exc}") from None
         if written != info.file_size:
-            raise ApxError(f"{what} entry {info.filename!r} is shorter than its header says")
-        out[info.filename] = buf.getvalue()
-    if total > limits.ratio_floor_bytes and total > limits.max_ratio * max(archive_size, 1):
-        raise ApxError(f"{what} expands more than {limits.max_ratio}x its size")
-    return out
+            raise ApxError(f"{what} entry {name!r} is shorter than its header says")
+        if self.total > limits.ratio_floor_bytes and self.total > limits.max_ratio * max(self.archive_size, 1):
+            raise ApxError(f"{what} expands more than {limits.max_ratio}x its size")
+        return written
+
+    def read(self, name: str) -> bytes:
+        buf = io.BytesIO()
+        self.inflate(name, buf.write)
+        return buf.getvalue()
+
+    def close(self) -> None:
+        self._zf.close()
+        self._fh.close()
+
+    def __enter__(self) -> ZipReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def open_zip(data: bytes, limits: Limits, what: str) -> dict[str, bytes]:
-    fh = io.BytesIO(data)
-    count = _eocd_entry_count(fh)
-    if count > limits.max_entries:
-        raise ApxError(f"{what} has {count} entries; the limit is {limits.max_entries}")
-    try:
-        with zipfile.ZipFile(fh) as zf:
-            return _safe_entries(zf, limits, len(data), what)
-    except zipfile.BadZipFile as exc:
-        raise ApxError(f"{what} is not a valid zip: {exc}") from None
-    except (ValueError, struct.error) as exc:
-        if isinstance(exc, ApxError):
-            raise
-        raise ApxError(f"{what} is not a valid zip: {exc}") from None
-
+    """Every entry in memory: for small zips only (tests and tools), never for uploads."""
+    with ZipReader(data, limits, what) as z:
+        return {name: z.read(name) for name in z.names()}
 
 
 _WHEEL_LIMITS = Limits(max_entries=10_000, max_entry_bytes=128 << 20, max_total_bytes=512 << 20)
 
 
-def wheel_metadata(filename: str, data: bytes) -> bytes:
+def wheel_metadata(filename: str, source: bytes | Path) -> bytes:
     """Pull METADATA out of a wheel (under the same suspicion as the archive) for PEP 658."""
-    fh = io.BytesIO(data)
+    fh: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     try:
         if _eocd_entry_count(fh) > _WHEEL_LIMITS.max_entries:
             raise ApxError(f"wheel {filename} has too many entries")
@@ -170,5 +201,7 @@ def wheel_metadata(filename: str, data: bytes) -> bytes:
             return body
     except zipfile.BadZipFile as exc:
         raise ApxError(f"wheel {filename} is not a valid zip: {exc}") from None
+    finally:
+        fh.close()
 
 

@@ -6,6 +6,7 @@ rejection reads as one sentence naming the field, not as a pydantic error dump.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any, Literal
@@ -16,20 +17,20 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_
 
 from ..semver import InvalidRange, InvalidVersion, Version, parse_range, parse_version
 from .errors import ApxError
+from .names import is_valid_name, name_problem
 
 __all__ = ["FORMAT", "MANIFEST", "SIGNATURE", "Manifest"]
 
 MANIFEST = "apx.json"
 SIGNATURE = "apx.sig"
 FORMAT = 1
-_NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
-_PROVIDES_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9][a-z0-9_]*$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_WHEEL_PATH_RE = re.compile(r"^wheels/[A-Za-z0-9._+-]+\.whl$")
+_PROVIDES_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\.[a-z0-9][a-z0-9_]{0,63}\Z", re.ASCII)
+_SHA_RE = re.compile(r"[0-9a-f]{64}\Z", re.ASCII)
+_WHEEL_PATH_RE = re.compile(r"wheels/[A-Za-z0-9._+-]{1,200}\.whl\Z", re.ASCII)
 
 
 def _valid_name(name: str) -> bool:
-    return len(name) <= 100 and bool(_NAME_RE.match(name))
+    return is_valid_name(name)
 
 
 class Manifest(BaseModel):
@@ -58,15 +59,16 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _valid_name(value):
-            raise ValueError(f"apx.json name {value!r} is not a valid package name")
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(f"apx.json name: {problem}")
         return value
 
     @field_validator("summary")
     @classmethod
     def _summary(cls, value: str) -> str:
-        if len(value) > 512:
-            raise ValueError("apx.json summary must be a string of at most 512 characters")
+        if len(value) > 512 or "\x00" in value:
+            raise ValueError("apx.json summary must be a string of at most 512 characters without NUL bytes")
         return value
 
     @field_validator("provides")
@@ -76,7 +78,9 @@ class Manifest(BaseModel):
             raise ValueError("apx.json provides must be a list of at most 64 'kind.name' strings")
         for item in value:
             if not _PROVIDES_RE.match(item):
-                raise ValueError(f"apx.json provides entry {item!r} is not 'kind.name' in lower case")
+                raise ValueError(
+                    f"apx.json provides entry {item[:80]!r} is not 'kind.name' in lower-case ASCII, each part at most 64 characters"
+                )
         if len(set(value)) != len(value):
             raise ValueError("apx.json provides lists an entry twice")
         return value
@@ -109,20 +113,20 @@ class Manifest(BaseModel):
     @field_validator("python")
     @classmethod
     def _python(cls, value: str) -> str:
-        if len(value) <= 100:
-            try:
+        if len(value) <= 100 and value.isascii() and "\x00" not in value:
+            with contextlib.suppress(InvalidSpecifier):
                 SpecifierSet(value)
                 return value
-            except InvalidSpecifier:
-                pass
-        raise ValueError(f"apx.json python {value!r} is not a PEP 440 specifier such as '>=3.10'")
+        raise ValueError(f"apx.json python {value[:80]!r} is not a PEP 440 specifier such as '>=3.10' (at most 100 ASCII characters)")
 
     @field_validator("files")
     @classmethod
     def _files(cls, value: dict[str, str]) -> dict[str, str]:
         for path, digest in value.items():
             if not _WHEEL_PATH_RE.match(path):
-                raise ValueError(f"apx.json files lists {path!r}; only wheels/<name>.whl entries are allowed")
+                raise ValueError(
+                    f"apx.json files lists {path[:80]!r}; only wheels/<name>.whl entries of at most 200 ASCII characters are allowed"
+                )
             if not _SHA_RE.match(digest):
                 raise ValueError(f"apx.json files: {path} needs a lower-case hex sha256")
         return dict(sorted(value.items()))

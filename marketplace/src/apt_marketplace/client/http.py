@@ -102,8 +102,9 @@ class MarketClient:
             params["kind"] = kind
         return self._request("GET", "/api/v1/search", params=params).json()
 
-    def package(self, name: str) -> dict[str, Any]:
-        return self._request("GET", f"/api/v1/packages/{name}").json()
+    def package(self, name: str, owner_view: bool = False) -> dict[str, Any]:
+        """`owner_view` sends the key, so the owner also sees quarantined, failed and held releases."""
+        return self._request("GET", f"/api/v1/packages/{name}", auth=owner_view).json()
 
     def release(self, name: str, version: str) -> dict[str, Any]:
         return self._request("GET", f"/api/v1/packages/{name}/{version}").json()
@@ -113,7 +114,8 @@ class MarketClient:
         response = self._request(
             "POST", "/api/v1/publish", auth=True, content=data, headers={"Content-Type": "application/octet-stream"}
         )
-        return response.json(), response.status_code == 201
+        body = response.json()
+        return body, bool(body.get("created", response.status_code in (201, 202)))
 
     def yank(self, name: str, version: str, reason: str) -> dict[str, Any]:
         return self._request("POST", f"/api/v1/packages/{name}/{version}/yank", auth=True, json={"reason": reason}).json()
@@ -154,6 +156,8 @@ class HttpCatalogue:
             raise
         out = []
         for r in data["releases"]:
+            if r.get("status", "published") != "published":
+                continue
             try:
                 version = parse_version(r["version"])
             except InvalidVersion:

@@ -35,6 +35,7 @@ from apt_sandbox import Limits as SandboxLimits
 
 from ..apx.errors import ApxError
 from ..apx.reader import Apx, read_apx
+from ..resolver import ResolutionError
 from ..semver import InvalidRange, InvalidVersion, from_pep440, parse_range, parse_version, to_pep440
 from .cache import ArchiveCache
 from .errors import InstallError, MarketClientError, UsageError, ValidationFailed
@@ -176,12 +177,90 @@ class LocalMarket:
                 new_state.update(pins)
                 changed = self._changed(pins, installed)
                 current = installed.get(cname)
+                if action == "upgrade":
+                    for line in self._skipped(client, cname, pins[cname].version, wanted, requirements, core):
+                        self.say(line)
                 if not changed and current is not None and current.direct:
                     why = "the newest version allowed" if action == "upgrade" else "installed"
                     self.say(f"{cname} {current.version} is already {why}; nothing to do")
                     return Outcome(action, cname, current.version, current.version, [], None)
                 fetched = {n: self._fetch(pins[n], client, infos[n]) for n in changed}
             return self._apply(action, cname, installed, new_state, direct, fetched, source=client.url, validate_all=True)
+
+    @staticmethod
+    def _skipped(
+        client: MarketClient, cname: str, chosen: str, wanted: str, requirements: Mapping[str, str], core: str
+    ) -> list[str]:
+        """Why each release newer than the chosen one was passed over. Releases in quarantine,
+        failed or held are shown only to the owner's key, so only the owner hears about them."""
+        try:
+            releases = client.package(cname, owner_view=client.token is not None)["releases"]
+        except MarketClientError:
+            releases = client.package(cname)["releases"]
+        newer = [r for r in releases if parse_version(r["version"]) > parse_version(chosen)]
+        lines = []
+        for r in sorted(newer, key=lambda r: parse_version(r["version"])):
+            version = parse_version(r["version"])
+            status = r.get("status", "published")
+            if status != "published":
+                reason = f": {r['status_reason']}" if r.get("status_reason") else ""
+                why = {"quarantined": "quarantined, its publish checks are still running"}.get(status, f"{status}{reason}")
+            elif r["yanked"]:
+                why = f"yanked ({r['yank_reason'] or 'no reason given'})"
+            elif not parse_range(r["core"]).contains(parse_version(core), include_prerelease=True):
+                why = f"needs apt-core {r['core']}, this is {core}"
+            elif not parse_range(wanted).contains(version):
+                why = f"outside the requested range {wanted}" if wanted != "*" else "a pre-release"
+            else:
+                others = ", ".join(f"{n} {v}" for n, v in requirements.items() if n != cname)
+                why = f"the other installed plugins ({others or 'none'}) rule it out"
+            lines.append(f"skipped {cname} {r['version']}: {why}")
+        return lines
+
+    # --- uninstall and outdated -----------------------------------------------------------
+
+    def uninstall(self, name: str) -> Outcome:
+        """Recorded like any change, so `rollback NAME` restores the plugin from the cache."""
+        cname = canonicalize_name(name)
+        with self._locked():
+            installed = self.state.installed(self.env)
+            current = installed.get(cname)
+            if current is None:
+                raise UsageError(f"{cname} was not installed with 'apt market install', so there is nothing to uninstall")
+            direct = {n: r.requested or "*" for n, r in installed.items() if r.direct and n != cname}
+            pins = {n: _pin_of(r) for n, r in installed.items()}
+            needed_by = sorted(n for n in direct if cname in _closure(pins, {n}))
+            if needed_by:
+                raise UsageError(f"{', '.join(needed_by)} need{'s' if len(needed_by) == 1 else ''} {cname}; uninstall that first")
+            return self._apply("uninstall", cname, installed, pins, direct, {}, source="local", validate_all=False)
+
+    def outdated(self) -> list[dict[str, Any]]:
+        """current / wanted (newest the requested range and the other plugins allow) / latest."""
+        core = core_version()
+        installed = self.state.installed(self.env)
+        rows = []
+        with self._client() as client:
+            for name, row in sorted(installed.items()):
+                info = client.package(name)
+                current = next((r for r in info["releases"] if r["version"] == row.version), None)
+                requirements = {name: row.requested or "*"} if row.direct else {name: "*"}
+                requirements.update({n: r.version for n, r in installed.items() if r.direct and n != name})
+                try:
+                    wanted: str | None = client.resolve(requirements, core).pins()[name]
+                except (ResolutionError, ValueError):
+                    wanted = None
+                rows.append(
+                    {
+                        "name": name,
+                        "current": row.version,
+                        "wanted": wanted,
+                        "latest": info["latest"],
+                        "yanked": bool(current and current["yanked"]),
+                        "yank_reason": current["yank_reason"] if current else None,
+                        "outdated": info["latest"] is not None and parse_version(info["latest"]) > parse_version(row.version),
+                    }
+                )
+        return rows
 
     def _changed(self, pins: Mapping[str, Pin], installed: Mapping[str, InstalledRow]) -> list[str]:
         importlib.invalidate_caches()
@@ -225,14 +304,14 @@ class LocalMarket:
         with self._locked():
             installed = self.state.installed(self.env)
             current = installed.get(cname)
-            if current is None:
-                raise UsageError(f"{cname} was not installed with 'apt market install', so there is nothing to roll back")
             target = self._rollback_target(cname, current, to_version)
             recorded = {n: Pin.from_dict(n, d) for n, d in target.resolved.items()}
             wanted = _closure(recorded, {cname})
             new_state = {n: _pin_of(r) for n, r in installed.items()}
             new_state.update({n: recorded[n] for n in wanted})
             direct = {n: r.requested or "*" for n, r in installed.items() if r.direct}
+            if current is None:
+                direct[cname] = "*"
             changed = self._changed({n: recorded[n] for n in sorted(wanted)}, installed)
             fetched = {}
             client: MarketClient | None = None
@@ -245,13 +324,17 @@ class LocalMarket:
                 if client is not None:
                     client.close()
             self.say(
-                f"rolling back {cname} {current.version} -> {recorded[cname].version} "
+                f"rolling back {cname} {current.version if current else '(uninstalled)'} -> {recorded[cname].version} "
                 f"(the set of transaction {target.id}, {target.action} on {target.at:%Y-%m-%d %H:%M:%S})"
             )
             return self._apply("rollback", cname, installed, new_state, direct, fetched, source="cache", validate_all=False)
 
-    def _rollback_target(self, cname: str, current: InstalledRow, to_version: str | None) -> TransactionRow:
+    def _rollback_target(self, cname: str, current: InstalledRow | None, to_version: str | None) -> TransactionRow:
         done = [t for t in self.state.history(self.env, cname) if t.status == "done" and cname in t.resolved]
+        if current is None and to_version is None:
+            if not done:
+                raise UsageError(f"{cname} is not installed with 'apt market install' and never was, so there is nothing to roll back")
+            return done[-1]
         if to_version is not None:
             try:
                 wanted = parse_version(to_version)
@@ -263,9 +346,10 @@ class LocalMarket:
             seen = sorted({t.resolved[cname]["version"] for t in done}, key=parse_version)
             raise UsageError(f"{cname} {to_version} was never installed here; the history has {', '.join(seen) or 'no versions'}")
         for t in reversed(done):
-            if t.resolved[cname]["sha256"] != current.sha256:
+            if current is None or t.resolved[cname]["sha256"] != current.sha256:
                 return t
-        raise UsageError(f"{cname} {current.version} is the only version in the history; there is nothing earlier to restore")
+        version = current.version if current else "(none)"
+        raise UsageError(f"{cname} {version} is the only version in the history; there is nothing earlier to restore")
 
     # --- the common tail: validate, pip, record -------------------------------------------
 
@@ -285,19 +369,27 @@ class LocalMarket:
         orphans = sorted(n for n in new_state if n not in needed)
         for n in orphans:
             del new_state[n]
-        self._check_requirements(fetched, new_state)
+        index_requirements = self._check_requirements(fetched, new_state)
         self._warn_inconsistent(new_state)
         with tempfile.TemporaryDirectory(prefix="apt-market-") as tmp:
-            wheels = self._validate(fetched, Path(tmp), validate_all)
+            # The sandbox imports the plugin against this environment, so its ordinary
+            # dependencies must be here first; a refusal takes them out again.
+            from_index = self._from_index(index_requirements) if index_requirements else []
+            try:
+                wheels = self._validate(fetched, Path(tmp), validate_all)
+            except InstallError:
+                if from_index:
+                    self._undo_index(from_index)
+                raise
             for f in fetched.values():
                 self.cache.put(f.data)
                 self.state.note_archive(f.pin.sha256, f.pin.name, f.pin.version, len(f.data))
             changes = [
                 {"name": n, "from": installed[n].version if n in installed else None, "to": new_state[n].version if n in new_state else None}
                 for n in sorted(set(fetched) | set(orphans))
-            ]
+            ] + from_index
             before = installed[cname].version if cname in installed else None
-            after = new_state[cname].version
+            after = new_state[cname].version if cname in new_state else None
             tid = self.state.begin_change(self.env, action, cname, before, after, source, new_state, changes)
             try:
                 if wheels:
@@ -310,15 +402,21 @@ class LocalMarket:
                 raise
             self.state.finish_change(tid, self.env, new_state, orphans, direct)
         for c in changes:
-            if c["to"] is None:
+            if c.get("source") == "index":
+                self.say(f"from the package index: {c['name']} {c['from'] or '(none)'} -> {c['to']}")
+            elif c["to"] is None and c["name"] == cname and action == "uninstall":
+                self.say(f"uninstalled {cname} {c['from']} ('apt market rollback {cname}' restores it)")
+            elif c["to"] is None:
                 self.say(f"removed {c['name']} {c['from']} (no installed plugin needs it any more)")
             else:
                 self.say(f"{action}: {c['name']} {c['from'] or '(none)'} -> {c['to']}")
         return Outcome(action, cname, before, after, changes, tid)
 
-    def _check_requirements(self, fetched: Mapping[str, _Fetched], new_state: Mapping[str, Pin]) -> None:
-        """pip runs with --no-deps, so check here that what the wheels need is present."""
+    def _check_requirements(self, fetched: Mapping[str, _Fetched], new_state: Mapping[str, Pin]) -> list[Requirement]:
+        """pip runs the plugin wheels with --no-deps, so check here what they need: plugins and
+        the core must be here already; anything else missing is returned, for the package index."""
         importlib.invalidate_caches()
+        from_index: dict[str, Requirement] = {}
         for f in fetched.values():
             for wheel in f.apx.wheels:
                 meta = BytesParser().parsebytes(wheel.metadata, headersonly=True)
@@ -334,10 +432,45 @@ class LocalMarket:
                         version: str | None = to_pep440(new_state[dep].version)
                     else:
                         version = _env_version(dep)
-                    if version is None:
-                        raise InstallError(f"{f.pin.name} {f.pin.version} needs {req}, which is not installed here; install it first")
-                    if req.specifier and not req.specifier.contains(version, prereleases=True):
-                        raise InstallError(f"{f.pin.name} {f.pin.version} needs {req}, but this environment has {dep} {version}")
+                    satisfied = version is not None and (not req.specifier or req.specifier.contains(version, prereleases=True))
+                    if satisfied:
+                        continue
+                    if dep in new_state or dep.startswith("apt-"):
+                        # An apt-* name from the public index could be anybody's: plugins come
+                        # from the marketplace (the manifest's requires) and the core is installed first.
+                        have = f"this environment has {dep} {version}" if version else "it is not installed here"
+                        raise InstallError(f"{f.pin.name} {f.pin.version} needs {req}, but {have}; install it first")
+                    if dep in from_index:
+                        from_index[dep] = Requirement(f"{from_index[dep]},{req.specifier}" if req.specifier else str(from_index[dep]))
+                    else:
+                        from_index[dep] = Requirement(f"{req.name}{req.specifier}")
+        return list(from_index.values())
+
+    def _from_index(self, requirements: Sequence[Requirement]) -> list[dict[str, Any]]:
+        """Install the plugins' ordinary dependencies the way pip would (user's index settings,
+        dependencies of dependencies included); returns what changed, for the history."""
+        before = _distributions()
+        self.say("from the package index: " + ", ".join(map(str, requirements)))
+        cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", *map(str, requirements)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800)
+        if proc.returncode != 0:
+            raise InstallError(f"pip could not install {', '.join(map(str, requirements))}: {last_line(proc.stderr + proc.stdout)}; nothing else was changed")
+        after = _distributions()
+        return [
+            {"name": n, "from": before.get(n), "to": after[n], "source": "index"}
+            for n in sorted(after)
+            if before.get(n) != after[n]
+        ]
+
+    def _undo_index(self, changes: Sequence[dict[str, Any]]) -> None:
+        """After a refusal: remove what the index brought in, put back what it replaced."""
+        added = [c["name"] for c in changes if c["from"] is None]
+        replaced = [f"{c['name']}=={c['from']}" for c in changes if c["from"] is not None]
+        if added:
+            self._pip(["uninstall", "--yes", *added])
+        if replaced:
+            cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", "--no-deps", *replaced]
+            subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800)
 
     def _warn_inconsistent(self, new_state: Mapping[str, Pin]) -> None:
         for name, pin in new_state.items():
@@ -442,6 +575,11 @@ class LocalMarket:
             }
             for t in rows
         ]
+
+
+def _distributions() -> dict[str, str]:
+    importlib.invalidate_caches()
+    return {canonicalize_name(d.metadata["Name"] or ""): d.version for d in md.distributions() if d.metadata["Name"]}
 
 
 def _validated(row: Any) -> bool:

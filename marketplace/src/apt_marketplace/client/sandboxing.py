@@ -4,7 +4,6 @@ directory, and each plugin imported, discovered and self-tested in apt-sandbox."
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import sys
 import zipfile
@@ -37,7 +36,7 @@ def unpack_wheel(wheel: WheelEntry, dest: Path) -> None:
     """
     dest = Path(dest).resolve()
     total = 0
-    with zipfile.ZipFile(io.BytesIO(wheel.data)) as zf:
+    with wheel.open() as fh, zipfile.ZipFile(fh) as zf:
         for info in zf.infolist():
             name = info.filename
             if name.endswith("/"):

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from .dependencies import CatalogDep, PublisherKey
+from .dependencies import CatalogDep, OptionalKey, PublisherKey
 from .schemas import (
+    NO_NUL,
     DeleteOut,
     ErrorOut,
     PackageOut,
@@ -28,7 +29,8 @@ from .schemas import (
 __all__ = ["router"]
 
 NAME = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-VERSION = Annotated[str, Path(min_length=1, max_length=256)]
+VERSION = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[0-9A-Za-z.+-]+$")]
+
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -46,7 +48,7 @@ def health() -> dict[str, str]:
 @router.get("/search", response_model=SearchOut, responses=_errors(422))
 def search(
     catalog: CatalogDep,
-    q: Annotated[str, Query(max_length=200)] = "",
+    q: Annotated[str, Query(max_length=200, pattern=NO_NUL)] = "",
     kind: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z][a-z0-9_]*$")] = None,
     sort: Literal["relevance", "downloads", "rating", "name"] = "relevance",
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -55,9 +57,11 @@ def search(
     return catalog.search(q, kind, sort, limit, offset)
 
 
-@router.get("/packages/{name}", response_model=PackageOut, responses=_errors(404, 422))
-def package(name: NAME, catalog: CatalogDep) -> dict[str, Any]:
-    return catalog.package_info(name)
+@router.get("/packages/{name}", response_model=PackageOut, responses=_errors(401, 404, 422))
+def package(name: NAME, catalog: CatalogDep, key: OptionalKey) -> dict[str, Any]:
+    """With the owner's key, also the releases that are quarantined, failed their checks or
+    are held for review, each with its status and reason."""
+    return catalog.package_info(name, key)
 
 
 @router.get("/packages/{name}/ratings", response_model=RatingsOut, responses=_errors(404, 422))
@@ -71,9 +75,9 @@ def rate(name: NAME, body: RatingIn, catalog: CatalogDep, key: PublisherKey) -> 
     return catalog.rate(name, key, body.score)
 
 
-@router.get("/packages/{name}/{version}", response_model=ReleaseDetailOut, responses=_errors(404, 422))
-def release(name: NAME, version: VERSION, catalog: CatalogDep) -> dict[str, Any]:
-    return catalog.release_info(name, version)
+@router.get("/packages/{name}/{version}", response_model=ReleaseDetailOut, responses=_errors(401, 404, 422))
+def release(name: NAME, version: VERSION, catalog: CatalogDep, key: OptionalKey) -> dict[str, Any]:
+    return catalog.release_info(name, version, key)
 
 
 @router.get(
@@ -96,7 +100,8 @@ def download(name: NAME, version: VERSION, catalog: CatalogDep) -> FileResponse:
     response_model=PublishOut,
     status_code=201,
     responses={
-        200: {"model": PublishOut, "description": "identical archive already published"},
+        200: {"model": PublishOut, "description": "identical archive already uploaded"},
+        202: {"model": PublishOut, "description": "accepted: quarantined until the publish checks pass, or held for name review"},
         **_errors(400, 401, 403, 409, 411, 413),
     },
     openapi_extra={
@@ -109,7 +114,8 @@ def download(name: NAME, version: VERSION, catalog: CatalogDep) -> FileResponse:
 async def publish(request: Request, catalog: CatalogDep, key: PublisherKey) -> JSONResponse:
     """Upload a .apx archive as the raw request body with 'Authorization: Bearer <key>'."""
     body, created = await catalog.publish(request.stream(), key, request.headers.get("content-length"))
-    return JSONResponse({**body, "created": created}, status_code=201 if created else 200)
+    status = 200 if not created else 201 if body["status"] == "published" else 202
+    return JSONResponse({**body, "created": created}, status_code=status)
 
 
 @router.post("/packages/{name}/{version}/yank", response_model=ReleaseOut, responses=_errors(401, 403, 404, 422))

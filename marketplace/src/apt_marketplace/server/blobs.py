@@ -65,6 +65,7 @@ class BlobStore:
         target = self.path(sha256)
         if target.is_file():
             spool.discard()
+            os.utime(target)
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(spool.path, 0o644)
@@ -72,10 +73,32 @@ class BlobStore:
         fsync_dir(target.parent)
         return target
 
+    def remove(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()
+
+    def put_file(self, path: Path, sha256: str) -> None:
+        """Move a spooled file of known sha256 (in this store's tmp) into place."""
+        target = self.path(sha256)
+        if target.is_file():
+            os.utime(target)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(path, 0o644)
+        os.replace(path, target)
+        fsync_dir(target.parent)
+
     def put(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
-        if not target.is_file():
+        if target.is_file():
+            # A fresh mtime keeps `apt market gc` off a blob a new row is about to name.
+            os.utime(target)
+        else:
             with atomic_writer(target) as fh:
                 fh.write(data)
         return sha

@@ -10,7 +10,8 @@ in the database is what decides a race between identical or different uploads, n
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, Sequence
+import tempfile
+from collections.abc import AsyncIterable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,21 +23,27 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..apx.errors import ApxError
+from ..apx.manifest import Manifest
 from ..apx.reader import Apx, read_apx
 from ..apx.signing import verify_signature
 from ..database import Database
 from ..resolver import ReleaseInfo, ResolutionError, resolve
 from ..semver import InvalidVersion, Version, parse_version, to_pep440
+from .audit import record
 from .blobs import BlobStore, SpoolFile
 from .errors import MarketError
+from .gc import referenced_blobs, release_blobs
 from .keys import KeyInfo
 from .models import DeletedVersion, Dependency, Package, Provide, Rating, Release, ReleaseFile
+from .review import hold_reason
 from .search import rating_stats, search_packages
 from .settings import Settings
+from .shelf import WheelShelf
 
-__all__ = ["Catalog"]
+__all__ = ["FAILED", "HELD", "PUBLISHED", "QUARANTINED", "Catalog", "DbCatalogue"]
 
 _PUBLISH_ATTEMPTS = 3
+PUBLISHED, QUARANTINED, FAILED, HELD = "published", "quarantined", "failed", "held"
 
 
 def _not_found(what: str) -> MarketError:
@@ -57,7 +64,9 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-class _DbCatalogue:
+class DbCatalogue:
+    """The resolver's view of the database: published releases only."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -65,7 +74,7 @@ class _DbCatalogue:
         rows = self.session.execute(
             select(Release.id, Release.version, Release.core, Release.yanked)
             .join(Package)
-            .where(Package.name == canonicalize_name(name))
+            .where(Package.name == canonicalize_name(name), Release.status == PUBLISHED)
         ).all()
         requires: dict[int, dict[str, str]] = {row.id: {} for row in rows}
         if rows:
@@ -88,6 +97,10 @@ class Catalog:
         self.settings = settings
         self.db = db
         self.blobs = blobs
+        self.shelf = WheelShelf(settings.wheel_dir)
+        #: Called with the id of each release committed as quarantined; the app wires it to
+        #: the background checker, so the upload returns before the checks run.
+        self.on_quarantined: Callable[[int], None] = lambda _release_id: None
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -114,50 +127,87 @@ class Catalog:
         finally:
             spool.discard()
 
+    def publish_file(self, archive: Path, key: KeyInfo) -> tuple[dict[str, Any], bool]:
+        """Publish an archive from disk, as an upload of its bytes would (first-party builds)."""
+        spool = self.blobs.spool()
+        try:
+            with open(archive, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    spool.write(chunk)
+            return self._publish_spooled(spool, key)
+        finally:
+            spool.discard()
+
     def _publish_spooled(self, spool: SpoolFile, key: KeyInfo) -> tuple[dict[str, Any], bool]:
         sha = spool.finish()
-        try:
-            apx = read_apx(spool.path, self.settings.archive_limits)
-        except ApxError as exc:
-            raise MarketError(400, "invalid_archive", str(exc)) from None
+
+        def authorize(m: Manifest) -> None:
+            if not key.may_publish(m.canonical_name):
+                raise MarketError(
+                    403, "forbidden", f"this API key may not publish {m.canonical_name}; ask for a key scoped to it"
+                )
+
+        with tempfile.TemporaryDirectory(prefix="wheels-", dir=self.blobs.tmp) as wheel_dir:
+            try:
+                apx = read_apx(spool.path, self.settings.archive_limits, authorize, Path(wheel_dir))
+            except ApxError as exc:
+                raise MarketError(400, "invalid_archive", str(exc)) from None
+            return self._publish_read(apx, sha, spool, key)
+
+    def _publish_read(self, apx: Apx, sha: str, spool: SpoolFile, key: KeyInfo) -> tuple[dict[str, Any], bool]:
         m = apx.manifest
-        if not key.may_publish(m.canonical_name):
-            raise MarketError(
-                403, "forbidden", f"this API key may not publish {m.canonical_name}; ask for a key scoped to it"
-            )
         for _attempt in range(_PUBLISH_ATTEMPTS):
             try:
-                return self._commit(apx, sha, spool, key)
+                body, created, release_id = self._commit(apx, sha, spool, key)
             except IntegrityError:
                 # A concurrent upload took the row (or the package) first; the next attempt sees
                 # it committed and answers as for any existing release.
                 continue
+            if created and body["status"] == QUARANTINED:
+                self.on_quarantined(release_id)
+            return body, created
         raise MarketError(409, "conflict", f"{m.canonical_name} {m.version} conflicts with a concurrent upload; try again")
 
-    def _commit(self, apx: Apx, sha: str, spool: SpoolFile, key: KeyInfo) -> tuple[dict[str, Any], bool]:
+    def _commit(self, apx: Apx, sha: str, spool: SpoolFile, key: KeyInfo) -> tuple[dict[str, Any], bool, int]:
         m = apx.manifest
         name = m.canonical_name
         version_key = m.semver.precedence
         with self.db.write() as s:
+            pkg = s.scalar(select(Package).where(Package.name == name))
+            if pkg is not None and pkg.owner and pkg.owner != key.owner:
+                raise MarketError(
+                    403,
+                    "not_owner",
+                    f"{name} belongs to owner {pkg.owner}, and this key speaks for {key.owner}; "
+                    f"publish under another name or ask for a key with --owner {pkg.owner}",
+                )
             if s.get(DeletedVersion, (name, version_key)) is not None:
                 raise MarketError(
                     409,
                     "version_deleted",
                     f"{name} {version_key} was deleted and can never be published again; bump the version",
                 )
-            pkg = s.scalar(select(Package).where(Package.name == name))
             if pkg is not None:
                 existing = s.scalar(
                     select(Release).where(Release.package_id == pkg.id, Release.version_key == version_key)
                 )
                 if existing is not None:
                     if existing.sha256 == sha:
-                        return self._release_dict(existing, pkg), False
-                    raise MarketError(
-                        409, "version_exists", f"{name} {existing.version} exists with different content; publish a new version"
-                    )
+                        return self._release_dict(existing, pkg), False, existing.id
+                    if existing.status != FAILED:
+                        raise MarketError(
+                            409, "version_exists", f"{name} {existing.version} exists with different content; publish a new version"
+                        )
+                    # A release that failed its checks was never visible, so a fixed upload of
+                    # the same version replaces it; its blobs are left for `apt market gc`.
+                    s.delete(existing)
+                    s.flush()
+                if pkg.owner is None:
+                    pkg.owner = key.owner
             else:
-                pkg = Package(name=name, display_name=m.name, summary=m.summary, downloads=0)
+                pkg = Package(name=name, display_name=m.name, summary=m.summary, downloads=0, owner=key.owner)
+                pkg.review_reason = hold_reason(s, name, key.owner)
+                pkg.review = "held" if pkg.review_reason else "ok"
                 s.add(pkg)
                 s.flush()
             if pkg.publisher_key:
@@ -185,9 +235,11 @@ class Catalog:
                 size=spool.size,
                 manifest=m.model_dump(mode="json"),
                 signed=apx.signature is not None,
-                uploader=key.key_id + (f" ({key.label})" if key.label else ""),
+                uploader=f"{key.key_id} ({key.owner})"[:64],
                 downloads=0,
                 yanked=False,
+                status=self._initial_status(pkg),
+                status_reason=pkg.review_reason if pkg.review != "ok" else None,
             )
             release.dependencies = [Dependency(name=canonicalize_name(d), range=r) for d, r in m.requires.items()]
             release.provides = [Provide(kind=p.split(".", 1)[0], name=p.split(".", 1)[1]) for p in m.provides]
@@ -206,14 +258,28 @@ class Catalog:
             # The unique row is now held by this transaction, so losers of a race never get here
             # and never write blobs; the blobs land before the commit makes the row visible.
             for wheel in apx.wheels:
-                self.blobs.put(wheel.data)
+                if wheel.file is not None:
+                    self.blobs.put_file(wheel.file, wheel.sha256)
+                else:
+                    self.blobs.put(wheel.data)
                 self.blobs.put(wheel.metadata)
             self.blobs.adopt(spool, sha)
             versions = s.scalars(select(Release.version).where(Release.package_id == pkg.id))
             if max(parse_version(v) for v in versions) == m.semver:
                 pkg.summary = m.summary
                 pkg.display_name = m.name
-            return self._release_dict(release, pkg), True
+            record(
+                s, "publish", key_id=key.key_id, owner=key.owner, package=name, version=m.version, address=key.address,
+                detail=f"sha256 {sha}; {release.status}" + (f": {release.status_reason}" if release.status_reason else ""),
+            )
+            return self._release_dict(release, pkg), True, release.id
+
+    def _initial_status(self, pkg: Package) -> str:
+        if pkg.review == "rejected":
+            raise MarketError(403, "name_rejected", f"the name {pkg.name} was rejected in review; publish under another name")
+        if pkg.review != "ok":
+            return HELD
+        return PUBLISHED if self.settings.checks == "off" else QUARANTINED
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -232,6 +298,10 @@ class Catalog:
             release = self._owned_release(s, name, version, key)
             release.yanked = yanked
             release.yank_reason = (reason or None) if yanked else None
+            record(
+                s, "yank" if yanked else "unyank", key_id=key.key_id, owner=key.owner, package=release.package.name,
+                version=release.version, address=key.address, detail=reason or "",
+            )
             s.flush()
             return self._release_dict(release, release.package)
 
@@ -240,15 +310,27 @@ class Catalog:
             release = self._owned_release(s, name, version, key)
             pkg = release.package
             s.add(DeletedVersion(package=pkg.name, version_key=release.version_key, sha256=release.sha256))
+            shas = release_blobs(release)
             s.delete(release)
-            return {"name": pkg.name, "version": release.version, "deleted": True}
+            record(s, "delete", key_id=key.key_id, owner=key.owner, package=pkg.name, version=release.version, address=key.address)
+            out = {"name": pkg.name, "version": release.version, "deleted": True}
+        self._free_blobs(shas)
+        return out
+
+    def _free_blobs(self, shas: set[str]) -> None:
+        """Blobs no remaining row names, removed after the deletion committed (a crash in
+        between leaves an orphan for `apt market gc`, never a row without its blob)."""
+        with self.db.read() as s:
+            still = referenced_blobs(s, shas)
+        for sha in shas - still:
+            self.blobs.remove(sha)
 
     def download(self, name: str, version: str) -> tuple[Path, str, str]:
         """(path, file name, sha256) of a release's archive, counting the download."""
         with self.db.read() as s:
             pkg = self._get_package(s, name)
             vkey = _version_key(version)
-            found = next((r for r in pkg.releases if r.version_key == vkey), None)
+            found = next((r for r in self._visible(pkg, None) if r.version_key == vkey), None)
             if found is None:
                 raise _not_found(f"{canonicalize_name(name)} {version}")
             release_id, package_id, sha = found.id, pkg.id, found.sha256
@@ -281,10 +363,13 @@ class Catalog:
             "sandbox": r.sandbox,
             "signed": r.signed,
             "downloads": r.downloads or 0,
+            "status": r.status,
+            "status_reason": r.status_reason,
             "download_url": f"/api/v1/packages/{pkg.name}/{r.version}/download",
         }
         if full:
             out["manifest"] = r.manifest
+            out["checks"] = r.checks
             out["files"] = [
                 {"filename": f.filename, "sha256": f.sha256, "size": f.size, "url": f"/files/{f.sha256}/{f.filename}"}
                 for f in r.files
@@ -299,17 +384,25 @@ class Catalog:
 
         return max(releases, key=rank) if releases else None
 
-    def _get_package(self, s: Session, name: str) -> Package:
+    @staticmethod
+    def _visible(pkg: Package, key: KeyInfo | None) -> list[Release]:
+        """Published releases; the owner's own key also sees quarantined, failed and held ones."""
+        if key is not None and key.may_publish(pkg.name) and key.owner == pkg.owner:
+            return list(pkg.releases)
+        return [r for r in pkg.releases if r.status == PUBLISHED]
+
+    def _get_package(self, s: Session, name: str, key: KeyInfo | None = None) -> Package:
         pkg = s.scalar(select(Package).where(Package.name == canonicalize_name(name)))
-        if pkg is None or not pkg.releases:
+        if pkg is None or not self._visible(pkg, key):
             raise _not_found(f"package {name!r}")
         return pkg
 
-    def package_info(self, name: str) -> dict[str, Any]:
+    def package_info(self, name: str, key: KeyInfo | None = None) -> dict[str, Any]:
+        """With the owner's key, every release with its status and the reason of a failure."""
         with self.db.read() as s:
-            pkg = self._get_package(s, name)
-            releases = sorted(pkg.releases, key=lambda r: parse_version(r.version), reverse=True)
-            latest = self._latest(releases)
+            pkg = self._get_package(s, name, key)
+            releases = sorted(self._visible(pkg, key), key=lambda r: parse_version(r.version), reverse=True)
+            latest = self._latest([r for r in releases if r.status == PUBLISHED])
             avg, count = rating_stats(s, [pkg.id]).get(pkg.id, (None, 0))
             return {
                 "name": pkg.name,
@@ -323,11 +416,11 @@ class Catalog:
                 "releases": [self._release_dict(r, pkg) for r in releases],
             }
 
-    def release_info(self, name: str, version: str) -> dict[str, Any]:
+    def release_info(self, name: str, version: str, key: KeyInfo | None = None) -> dict[str, Any]:
         with self.db.read() as s:
-            pkg = self._get_package(s, name)
+            pkg = self._get_package(s, name, key)
             vkey = _version_key(version)
-            for r in pkg.releases:
+            for r in self._visible(pkg, key):
                 if r.version_key == vkey:
                     return self._release_dict(r, pkg, full=True)
         raise _not_found(f"{canonicalize_name(name)} {version}")
@@ -361,7 +454,7 @@ class Catalog:
     def resolve(self, requirements: dict[str, str], core: str | None) -> dict[str, Any]:
         with self.db.read() as s:
             try:
-                result = resolve(requirements, _DbCatalogue(s), core)
+                result = resolve(requirements, DbCatalogue(s), core)
             except ValueError as exc:
                 raise MarketError(400, "invalid_requirement", str(exc)) from None
             except ResolutionError as exc:
@@ -379,9 +472,12 @@ class Catalog:
 
     def simple_projects(self) -> list[str]:
         with self.db.read() as s:
-            return list(
-                s.scalars(select(Package.name).where(Package.releases.any(Release.files.any())).order_by(Package.name)).all()
+            names = set(
+                s.scalars(
+                    select(Package.name).where(Package.releases.any((Release.status == PUBLISHED) & Release.files.any()))
+                )
             )
+        return sorted(names | self.shelf.projects())
 
     def simple_files(self, name: str) -> tuple[str, list[dict[str, Any]], list[str]] | None:
         """One joined query over plain columns: pip asks for this page once per project and
@@ -396,11 +492,12 @@ class Catalog:
                 )
                 .join(Package, Release.package_id == Package.id)
                 .outerjoin(ReleaseFile, ReleaseFile.release_id == Release.id)
-                .where(Package.name == cname)
+                .where(Package.name == cname, Release.status == PUBLISHED)
                 .order_by(Release.id, ReleaseFile.id)
             ).all()
         if not rows:
-            return None
+            shelf_files, shelf_versions = self.shelf.files(cname)
+            return (cname, shelf_files, shelf_versions) if shelf_files else None
         files, versions, seen = [], [], set()
         for r in sorted(rows, key=lambda r: parse_version(r.version)):
             if r.id not in seen:
@@ -425,7 +522,11 @@ class Catalog:
     def simple_blob(self, sha256: str, filename: str, metadata: bool) -> Path | None:
         """The blob behind a simple-index file URL: the wheel, or its METADATA for PEP 658."""
         with self.db.read() as s:
-            row = s.scalar(select(ReleaseFile).where(ReleaseFile.sha256 == sha256, ReleaseFile.filename == filename))
+            row = s.scalar(
+                select(ReleaseFile)
+                .join(Release)
+                .where(ReleaseFile.sha256 == sha256, ReleaseFile.filename == filename, Release.status == PUBLISHED)
+            )
             if row is None:
-                return None
+                return self.shelf.locate(sha256, filename, metadata)
             return self.blobs.path(row.metadata_sha256 if metadata else row.sha256)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "ApiKey",
     "ApiKeyScope",
+    "AuditEvent",
     "Base",
     "DeletedVersion",
     "Dependency",
@@ -51,6 +52,11 @@ class Package(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     downloads: Mapped[int] = mapped_column(BigInteger, default=0)
     publisher_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: The publisher identity of the key that created the project; only its keys may publish.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: "ok", or "held" while a look-alike of another owner's project waits for `apt market review`.
+    review: Mapped[str] = mapped_column(String(16), default="ok", server_default="ok")
+    review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     releases: Mapped[list[Release]] = relationship(back_populates="package", cascade="all, delete-orphan")
 
@@ -75,6 +81,11 @@ class Release(Base):
     signed: Mapped[bool] = mapped_column(Boolean, default=False)
     uploaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     uploader: Mapped[str] = mapped_column(String(64))
+    #: published | quarantined (checks pending) | failed | held (name review); only
+    #: published releases are visible to search, resolve, downloads and the simple index.
+    status: Mapped[str] = mapped_column(String(16), default="published", server_default="published", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     downloads: Mapped[int] = mapped_column(BigInteger, default=0)
 
     package: Mapped[Package] = relationship(back_populates="releases")
@@ -124,8 +135,12 @@ class ApiKey(Base):
     key_id: Mapped[str] = mapped_column(String(32), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(200), default="")
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     scopes: Mapped[list[ApiKeyScope]] = relationship(cascade="all, delete-orphan", lazy="selectin")
 
@@ -160,3 +175,19 @@ class DeletedVersion(Base):
     version_key: Mapped[str] = mapped_column(String(256), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
     deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what from where: publishes, yanks, deletions, key creation, revocation and use."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    package: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    version: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -6,6 +6,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Text that reaches the database: PostgreSQL refuses NUL in text, so it is refused here first.
+NO_NUL = r"^[^\x00]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_NUM = r"(0|[1-9][0-9]*)"
+_ID = r"[0-9A-Za-z-]+"
+SEMVER_PATTERN = rf"^{_NUM}\.{_NUM}\.{_NUM}(-{_ID}(\.{_ID})*)?(\+{_ID}(\.{_ID})*)?$"
+
 __all__ = [
     "DeleteOut",
     "ErrorOut",
@@ -44,6 +51,8 @@ class ReleaseOut(BaseModel):
     sandbox: str
     signed: bool
     downloads: int
+    status: str = Field(description="published, quarantined (checks pending), failed or held (name review)")
+    status_reason: str | None = Field(default=None, description="why a release failed or is held")
     download_url: str
 
 
@@ -56,6 +65,7 @@ class WheelOut(BaseModel):
 
 class ReleaseDetailOut(ReleaseOut):
     manifest: dict[str, Any]
+    checks: list[dict[str, Any]] | None = None
     files: list[WheelOut]
 
 
@@ -93,7 +103,7 @@ class PublishOut(ReleaseOut):
 
 class YankIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(default="", max_length=1000)
+    reason: str = Field(default="", max_length=1000, pattern=NO_NUL, description="shown to pip users; no NUL bytes")
 
 
 class DeleteOut(BaseModel):
@@ -116,10 +126,17 @@ class RatingsOut(BaseModel):
 
 class ResolveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    requirements: dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=256)]] = Field(
-        max_length=64, description="plugin name -> semver range, e.g. {\"apt-plugin-moe\": \"^1.2\"}"
+    requirements: dict[
+        Annotated[str, Field(min_length=1, max_length=100, pattern=NAME_PATTERN)],
+        Annotated[str, Field(max_length=256, pattern=r"^[ -~]*$")],
+    ] = Field(
+        max_length=64,
+        description="plugin name -> semver range, e.g. {\"apt-plugin-moe\": \"^1.2\"}; a range the grammar refuses is a 400",
+        json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 100}},
     )
-    core: str | None = Field(default=None, max_length=256, description="the apt-core version that will run them")
+    core: str | None = Field(
+        default=None, max_length=256, pattern=SEMVER_PATTERN, description="the apt-core version that will run them (semver)"
+    )
 
 
 class ResolveOut(BaseModel):

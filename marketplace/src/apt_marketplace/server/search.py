@@ -40,21 +40,29 @@ def rating_stats(s: Session, package_ids: Sequence[int]) -> dict[int, tuple[floa
 def search_packages(s: Session, query: str, kind: str | None, sort: str, limit: int, offset: int) -> dict[str, Any]:
     """One page of hits for `query`, ranked by `sort`, within the session's snapshot."""
     q = query.strip().lower()
-    stmt = select(Package.id, Package.name, Package.summary, Package.downloads).where(Package.releases.any())
+    stmt = select(Package.id, Package.name, Package.summary, Package.downloads).where(
+        Package.releases.any(Release.status == "published")
+    )
     if q:
         stmt = stmt.where(
             Package.name.contains(canonicalize_name(q), autoescape=True)
             | func.lower(Package.summary).contains(q, autoescape=True)
-            | Package.releases.any(Release.provides.any(Provide.name.contains(q, autoescape=True)))
+            | Package.releases.any(
+                (Release.status == "published") & Release.provides.any(Provide.name.contains(q, autoescape=True))
+            )
         )
     if kind:
-        stmt = stmt.where(Package.releases.any(Release.provides.any(Provide.kind == kind.lower())))
+        stmt = stmt.where(
+            Package.releases.any((Release.status == "published") & Release.provides.any(Provide.kind == kind.lower()))
+        )
     packages = s.execute(stmt).all()
     ids = [p.id for p in packages]
     latest: dict[int, tuple[tuple[bool, bool, Version], int, str]] = {}
     for chunk in _chunks(ids):
         for rid, pid, version, yanked in s.execute(
-            select(Release.id, Release.package_id, Release.version, Release.yanked).where(Release.package_id.in_(chunk))
+            select(Release.id, Release.package_id, Release.version, Release.yanked).where(
+                Release.package_id.in_(chunk), Release.status == "published"
+            )
         ):
             v = parse_version(version)
             rank = (not yanked, not v.is_prerelease, v)

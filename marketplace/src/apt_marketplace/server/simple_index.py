@@ -21,6 +21,7 @@ from packaging.utils import canonicalize_name
 from .catalog import Catalog
 from .dependencies import CatalogDep, SettingsDep
 from .errors import MarketError
+from .schemas import ErrorOut
 
 __all__ = ["negotiate", "router"]
 
@@ -122,7 +123,16 @@ def simple_root_redirect(request: Request) -> Response:
     return RedirectResponse(request.scope.get("root_path", "") + "/simple/", status_code=301)
 
 
-@router.get("/simple/", summary="Project list (PEP 503 HTML or PEP 691 JSON by Accept)")
+_PAGE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the page in the negotiated type",
+        "content": {TEXT_HTML: {"schema": {"type": "string"}}, HTML_V1: {"schema": {"type": "string"}}, JSON_V1: {"schema": {"type": "object"}}},
+    },
+    406: {"model": ErrorOut, "description": "no acceptable type in Accept"},
+}
+
+
+@router.get("/simple/", summary="Project list (PEP 503 HTML or PEP 691 JSON by Accept)", responses=_PAGE)
 async def project_list(request: Request, catalog: CatalogDep) -> Response:
     kind = negotiate(request.headers.get("accept"))
     names = await to_thread.run_sync(catalog.simple_projects)
@@ -138,7 +148,11 @@ def project_redirect(request: Request, project: str) -> Response:
     return RedirectResponse(f"{root}/simple/{canonicalize_name(project)}/", status_code=301)
 
 
-@router.get("/simple/{project}/", summary="Files of one project (PEP 503 HTML or PEP 691 JSON by Accept)")
+@router.get(
+    "/simple/{project}/",
+    summary="Files of one project (PEP 503 HTML or PEP 691 JSON by Accept)",
+    responses={**_PAGE, 301: {"description": "to the normalised name"}, 404: {"model": ErrorOut, "description": "no such project"}},
+)
 async def project_page(request: Request, project: str, catalog: CatalogDep, settings: SettingsDep) -> Response:
     canonical = canonicalize_name(project)
     root = request.scope.get("root_path", "")
@@ -179,7 +193,15 @@ async def project_page(request: Request, project: str, catalog: CatalogDep, sett
     return _render(kind, data, _page(f"Links for {name}", "".join(links)))
 
 
-@router.get("/files/{sha256}/{filename}", summary="A wheel, or its METADATA when the name ends in .metadata")
+@router.get(
+    "/files/{sha256}/{filename}",
+    summary="A wheel, or its METADATA when the name ends in .metadata",
+    responses={
+        200: {"content": {"application/octet-stream": {}, "text/plain": {}}},
+        404: {"model": ErrorOut, "description": "no such published file"},
+        410: {"model": ErrorOut, "description": "the blob is missing from storage"},
+    },
+)
 async def wheel_file(sha256: str, filename: str, catalog: CatalogDep) -> Response:
     is_meta = filename.endswith(".whl.metadata")
     wheel_name = filename[: -len(".metadata")] if is_meta else filename
