@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash", "apt-plugin-voter",
-           "apt-plugin-retriever", "apt-plugin-quant"]
+           "apt-plugin-retriever", "apt-plugin-quant", "apt-plugin-tune", "apt-plugin-report",
+           "apt-plugin-monitor", "apt-plugin-bpe"]
 
 
 @pytest.fixture

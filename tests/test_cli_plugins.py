@@ -32,11 +32,19 @@ def test_list_and_info_show_versions_defaults_and_config(tmp_path, env):
 
 
 def test_broken_plugin_is_reported_and_falls_back(tmp_path, env):
+    marker = tmp_path / "imported"
     site = make_distribution(tmp_path / "site", "apt-plugin-broken", "0.1.0",
                              entry_points={"apt.providers": {"attention.broken": "broken_attn:Provider"}},
-                             modules={"broken_attn.py": "import does_not_exist_anywhere\n"})
+                             modules={"broken_attn.py": f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                                        "import does_not_exist_anywhere\n"})
     env["PYTHONPATH"] = str(site)
+    untrusted = run(["plugin", "list"], env=env, cwd=tmp_path)
+    assert untrusted.returncode == 0
+    assert "untrusted: not imported here: apt-plugin-broken runs only inside apt-sandbox" in untrusted.stdout
+    assert not marker.exists(), "listing imported an untrusted distribution's code"
+    assert run(["market", "trust", "apt-plugin-broken"], env=env, cwd=tmp_path).returncode == 0
     listed = run(["plugin", "list"], env=env, cwd=tmp_path)
+    assert marker.exists()
     assert listed.returncode == 0
     line = next(row for row in listed.stdout.splitlines() if row.startswith("attention  broken"))
     assert "broken: attention.broken from apt-plugin-broken is broken: cannot import broken_attn:Provider: " \
@@ -51,14 +59,16 @@ def test_broken_plugin_is_reported_and_falls_back(tmp_path, env):
     warnings = [line for line in trained.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "No module named 'does_not_exist_anywhere'" in warnings[0]
     assert "falling back to attention provider 'sdpa'" in warnings[0]
-    strict = run(["train", "-p", "tiny_debug", "--set", "model.attention=broken", "--strict"], env=env, cwd=tmp_path)
+    strict = run(["train", "-p", "tiny_debug", "--set", "model.attention=broken", "--strict",
+                  "--set", "checkpoint.dir=runs/strict"], env=env, cwd=tmp_path)
     assert_one_line_error(strict, "--strict forbids falling back")
 
 
 def test_without_plugins_training_falls_back_with_one_warning_each(tmp_path, env, venv_without_plugins):
     listed = run(["plugin", "list"], env=env, cwd=tmp_path, python=venv_without_plugins)
     assert listed.returncode == 0
-    assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [["attention", "sdpa"], ["ffn", "dense"]]
+    core = [["attention", "sdpa"], ["ffn", "dense"], ["tokenizer", "byte"], ["tokenizer", "char"]]
+    assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == core
     trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3"], env=env, cwd=tmp_path,
                   python=venv_without_plugins)
     assert trained.returncode == 0, trained.stderr
@@ -73,7 +83,8 @@ def test_without_plugins_training_falls_back_with_one_warning_each(tmp_path, env
     assert_one_line_error(retrieved, "no retriever provider named 'bm25' is installed (pip install apt-plugin-retriever)")
     quantize = run(["quantize", "--checkpoint", run_dir], env=env, cwd=tmp_path, python=venv_without_plugins)
     assert_one_line_error(quantize, "'apt quantize' comes with apt-plugin-quant: pip install apt-plugin-quant")
-    strict = run(["train", "-p", "tiny_debug", "--strict"], env=env, cwd=tmp_path, python=venv_without_plugins)
+    strict = run(["train", "-p", "tiny_debug", "--strict", "--set", "checkpoint.dir=runs/strict"], env=env, cwd=tmp_path,
+                 python=venv_without_plugins)
     assert_one_line_error(strict, "no attention provider named 'tva' is installed (pip install apt-plugin-tva)")
 
     moe = run(["train", "-p", "moe_reasoning_small", *SMALL, "--set", "train.max_iters=2", "--set", "train.epoch_iters=1"],
@@ -85,6 +96,6 @@ def test_without_plugins_training_falls_back_with_one_warning_each(tmp_path, env
         "continuing without one (router is optional)",
         "apt: warning: no align provider named 'bistate' is installed (pip install apt-plugin-align); "
         "continuing without one (align is optional)"]
-    strict = run(["train", "-p", "moe_reasoning_small", "--set", "model.attention=sdpa", "--strict"], env=env,
-                 cwd=tmp_path, python=venv_without_plugins)
+    strict = run(["train", "-p", "moe_reasoning_small", "--set", "model.attention=sdpa", "--strict",
+                  "--set", "checkpoint.dir=runs/strict_moe"], env=env, cwd=tmp_path, python=venv_without_plugins)
     assert_one_line_error(strict, "no router provider named 'topk_moe' is installed (pip install apt-plugin-moe)")

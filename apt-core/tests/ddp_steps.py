@@ -25,7 +25,7 @@ def main(out: Path, run_dir: Path, steps: int, global_batch: int) -> None:
         "model.dropout=0", "train.threads=1", "train.lr=1e-3", "train.warmup_iters=0", "train.grad_clip=0",
         f"train.batch_size={per_rank}", f"train.max_iters={steps}", "logging.progress=false",
         f"checkpoint.dir={run_dir}"])
-    trainer = Trainer(profile, echo=lambda s: None)
+    trainer = Trainer(profile, echo=lambda s: None, overwrite=True)  # the same run_dir serves both layouts
     rank = trainer.dist.rank
     data = Batches(trainer.corpus.train, profile.model.block_size, global_batch, seed=99)
 

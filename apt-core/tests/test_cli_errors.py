@@ -5,6 +5,7 @@ import hashlib
 import pytest
 
 from apt.testing import make_distribution
+from apt.trust import TrustStore
 from core_cli import SMALL, assert_one_line_error, run
 
 
@@ -60,8 +61,10 @@ def test_hook_failures_reach_the_error_store(tmp_path, env):
                              modules={"flaky.py": "from apt.hookspecs import hookimpl\n\n@hookimpl\n"
                                                   "def apt_step_end(step):\n    raise ValueError(f'bad step {step}')\n"})
     env["PYTHONPATH"] = str(site)
+    TrustStore().add("flaky-plugin")  # in-process behaviour under test; test_jail.py covers the sandbox
     for _ in range(2):
-        trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3"], env=env, cwd=tmp_path)
+        trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3", "--overwrite"], env=env,
+                      cwd=tmp_path)
         assert trained.returncode == 0, trained.stderr
         assert "plugin 'flaky' raised in apt_step_end (ValueError('bad step 1')); disabled" in trained.stderr
     listed = run(["errors", "list"], env=env, cwd=tmp_path)

@@ -569,3 +569,25 @@ def ioctl_tiocsti(high_bits: bool) -> int:
     byte = ctypes.c_char(b"x")
     rc = libc.syscall(ctypes.c_long(nr), ctypes.c_long(0), ctypes.c_ulong(request), ctypes.byref(byte))
     return ctypes.get_errno() if rc != 0 else 0
+
+
+def job_writes(args: dict[str, Any]) -> dict[str, str]:
+    """A job that logs as it goes and writes its output into a granted directory."""
+    import time
+
+    for i in range(args.get("lines", 3)):
+        print(f"line {i}", flush=True)
+        time.sleep(args.get("pause", 0.0))
+    os.makedirs(os.path.join(args["dir"], "sub"), exist_ok=True)
+    return try_write([os.path.join(args["dir"], "sub", "out.txt"), args["outside"]])
+
+
+def sleep_until_interrupted(args: Any) -> str:
+    import time
+
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "slept"

@@ -31,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "RetrieverProvider": "apt.providers",
     "VoterProvider": "apt.providers",
     "QuantProvider": "apt.providers",
+    "TokenizerProvider": "apt.providers",
+    "Tokenizer": "apt.providers",
     "Document": "apt.providers",
     "Passage": "apt.providers",
     "Retriever": "apt.providers",
@@ -43,6 +45,7 @@ _EXPORTS: dict[str, str] = {
     "ResidualOutput": "apt.providers",
     "SelfInitialised": "apt.providers",
     "HasInferenceForm": "apt.providers",
+    "SupportsKVCache": "apt.providers",
     "EvidenceAligner": "apt.providers",
     # configuration
     "option": "apt.config",
@@ -60,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     "ProviderError": "apt.errors",
     "CheckpointError": "apt.errors",
     "RunError": "apt.errors",
+    "ErrorStore": "apt.errorstore",
     # the registry and the CLI, for plugins that add commands (apt.commands entry points)
     "Registry": "apt.registry",
     "default_registry": "apt.registry",
@@ -79,8 +83,12 @@ _EXPORTS: dict[str, str] = {
     "save_file": "apt.checkpoint",
     "checkpoint_dir": "apt.checkpoint",
     "MODEL_FILE": "apt.checkpoint",
+    "KVCache": "apt.kvcache",
+    "LayerCache": "apt.kvcache",
+    "CachedKV": "apt.kvcache",
     "Completion": "apt.generate",
     "sample": "apt.generate",
+    "sample_many": "apt.generate",
     "evaluate_tokens": "apt.generate",
     # benchmarks: interleaved A/B timing
     "interleave": "apt.timing",
@@ -111,9 +119,11 @@ if TYPE_CHECKING:
     from apt.config import option, parse_assignments, require
     from apt.data import read_chunks
     from apt.errors import AptError, CheckpointError, ConfigError, ProviderError, RunError
-    from apt.generate import Completion, evaluate_tokens, sample
+    from apt.errorstore import ErrorStore
+    from apt.generate import Completion, evaluate_tokens, sample, sample_many
     from apt.home import apt_home
     from apt.hookspecs import Batch, ExtraLosses, TrainerView, hookimpl
+    from apt.kvcache import CachedKV, KVCache, LayerCache
     from apt.model import LanguageModel, Output
     from apt.providers import (
         KINDS,
@@ -134,8 +144,11 @@ if TYPE_CHECKING:
         RetrieverProvider,
         SearchIndex,
         SelfInitialised,
+        SupportsKVCache,
         Switchable,
         TextEncoder,
+        Tokenizer,
+        TokenizerProvider,
         Voter,
         VoterProvider,
         check_provider_class,

@@ -11,15 +11,22 @@ A quantised model (``apt quantize``, from apt-plugin-quant) is a single checkpoi
 "options", "plugin_version"}``. :func:`load_model` rebuilds the float model, applies the named
 ``quant`` provider and loads the state into the result, so every command that takes
 ``--checkpoint`` runs a quantised model with no extra flag.
+
+Integrity: every checkpoint written since format version 2 carries ``state["sha256"]``, a digest
+of everything else in it (see :func:`payload_digest`), checked on every load; a mismatch is a
+:class:`CheckpointError` naming the file, never a silent load of damaged weights. Version 1 files
+(apt-core before checksums) have none: they still load, with a warning that they are unverified,
+and the next save of a resumed run writes a verified one.
 """
 
 from __future__ import annotations
 
-import pickle
+import hashlib
+import logging
 import re
 import warnings
-import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +34,21 @@ import torch
 
 from apt import __version__
 from apt import config as cfg
-from apt.atomic import atomic_write
+from apt.atomic import DiskFullError, atomic_write
 from apt.errors import AptError, CheckpointError, ConfigError
+from apt.model import LanguageModel, ModelBuilder
 from apt.profile import Profile
 from apt.providers import MODEL_KINDS, QuantProvider
 from apt.registry import PACKAGES, Registry, default_registry
 from apt.tokenizers import Tokenizer, tokenizer_from_state
 
 FORMAT = "apt-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The key of the payload digest; every other key is covered by it.
+DIGEST_KEY = "sha256"
+BEST_FILE = "best.pt"
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+log = logging.getLogger("apt")
 #: The file a model directory (the output of ``apt quantize``) holds.
 MODEL_FILE = "model.pt"
 
@@ -55,13 +67,22 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = False) -> Path:
-    """Write the checkpoint for ``state["step"]``, prune to ``keep_last``; also best.pt if ``best``."""
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "apt_version": __version__, **state}
+    """Write the checkpoint for ``state["step"]``, prune to ``keep_last``; also best.pt if ``best``.
+
+    Older checkpoints are pruned only once the new one is on disk, so a failed save (disk full)
+    leaves the previous ones as they were.
+    """
+    state = _stamped(state)
     folder = checkpoint_dir(run_dir)
     path = folder / f"step-{state['step']:08d}.pt"
-    atomic_write(path, lambda f: torch.save(state, f))
-    if best:
-        atomic_write(folder / "best.pt", lambda f: torch.save(state, f))
+    advice = (f"the previous checkpoint is intact: free space on that disk or set checkpoint.dir to one "
+              f"with more room (moving {run_dir} there), then continue with --resume auto")
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+        if best:
+            atomic_write(folder / BEST_FILE, lambda f: torch.save(state, f))
+    except DiskFullError as err:
+        raise err.advise(advice) from err
     for _, old in step_checkpoints(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     for stale in folder.glob(".*.tmp*"):  # left by a process killed mid-write
@@ -71,9 +92,79 @@ def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = F
 
 def save_file(path: Path, state: dict[str, Any]) -> Path:
     """Write one self-contained checkpoint file (a model directory's ``model.pt``) atomically."""
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "apt_version": __version__, **state}
-    atomic_write(path, lambda f: torch.save(state, f))
+    state = _stamped(state)
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except DiskFullError as err:
+        raise err.advise("free space on that disk or write to another directory") from err
     return path
+
+
+def _stamped(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with the format marker and its digest, ready for ``torch.save``."""
+    out = {"format": FORMAT, "format_version": FORMAT_VERSION, "apt_version": __version__,
+           **{k: v for k, v in state.items() if k != DIGEST_KEY}}
+    out[DIGEST_KEY] = payload_digest(out)
+    return out
+
+
+def payload_digest(state: Mapping[str, Any]) -> str:
+    """sha256 of every value in ``state`` but the digest, in an encoding fixed by this function.
+
+    Hashing the values rather than the file bytes keeps the digest inside the one file (a single
+    atomic write, still a plain ``torch.load(weights_only=True)``) and independent of how torch
+    lays out the zip: damage anywhere that changes what loads (a tensor's bytes, the pickled
+    structure, a number) changes the digest.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        _feed_tensor(digest, value.detach())
+    elif isinstance(value, Mapping):
+        digest.update(b"D%d:" % len(value))
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"%s%d:" % (b"L" if isinstance(value, list) else b"U", len(value)))
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        digest.update(b"S%d:" % len(data) + data)
+    elif isinstance(value, (bytes, bytearray)):
+        digest.update(b"B%d:" % len(value) + bytes(value))
+    elif isinstance(value, bool) or value is None:
+        digest.update(b"K" + repr(value).encode())
+    elif isinstance(value, int):
+        digest.update(b"I%d;" % value)
+    elif isinstance(value, float):
+        digest.update(b"F" + value.hex().encode() + b";")
+    else:  # torch.dtype, torch.device and the like: their repr names them fully
+        text = f"{type(value).__module__}.{type(value).__qualname__}:{value!r}".encode()
+        digest.update(b"O%d:" % len(text) + text)
+
+
+def _feed_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    if tensor.is_quantized:
+        scheme = tensor.qscheme()
+        digest.update(b"Q" + str(scheme).encode())
+        if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            _feed(digest, (tensor.q_scale(), tensor.q_zero_point()))
+        else:
+            _feed(digest, (tensor.q_per_channel_scales(), tensor.q_per_channel_zero_points(),
+                           tensor.q_per_channel_axis()))
+        tensor = tensor.int_repr()
+    if tensor.layout != torch.strided:
+        digest.update(b"Y" + str(tensor.layout).encode())
+        tensor = tensor.to_dense()
+    digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+    if tensor.device.type != "meta" and tensor.numel():
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def resolve(path: str | Path) -> Path:
@@ -85,7 +176,7 @@ def resolve(path: str | Path) -> Path:
         if (p / MODEL_FILE).is_file():
             return p / MODEL_FILE
         for run_dir in (p, p.parent):
-            best = checkpoint_dir(run_dir) / "best.pt"
+            best = checkpoint_dir(run_dir) / BEST_FILE
             if best.is_file():
                 return best
             steps = step_checkpoints(run_dir)
@@ -97,23 +188,97 @@ def resolve(path: str | Path) -> Path:
                           f"or a model directory written by apt quantize")
 
 
+class _Unusable(Exception):
+    """Why a file cannot serve as a checkpoint, without the advice (which depends on who asked)."""
+
+
 def load(path: Path) -> dict[str, Any]:
+    """The verified state in ``path``; any damage is a :class:`CheckpointError` naming the file."""
+    try:
+        state, verified = _read(path)
+    except _Unusable as err:
+        raise CheckpointError(f"checkpoint {path} {err}; delete it or point at another checkpoint") from None
+    if not verified:
+        _warn_unverified(path)
+    return state
+
+
+def _warn_unverified(path: Path) -> None:
+    log.warning("checkpoint %s predates checksums (format version 1) and is loaded unverified; "
+                "a run resumed from it writes verified checkpoints", path)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], bool]:
+    """The state in ``path`` and whether its digest was checked (False only for version 1 files)."""
     try:
         with warnings.catch_warnings():  # torch's deprecation notes on every quantised (int8) tensor it unpickles
             warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated", category=UserWarning)
             warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
                                     category=UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+    except Exception as err:  # a damaged pickle fails in any way (IndexError, KeyError, ...): all mean corrupt
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not an apt checkpoint ({first}); "
-                              f"delete it or point at another one") from None
+        raise _Unusable(f"is corrupt or not an apt checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an apt checkpoint (no '{FORMAT}' marker)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer apt ({state.get('apt_version')}); "
-                              f"upgrade apt-core to read it")
-    return state
+        raise _Unusable(f"is not an apt checkpoint (no '{FORMAT}' marker)")
+    version = state.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise _Unusable(f"was written by a newer apt ({state.get('apt_version')}): upgrade apt-core to read it")
+    if version < 2 and DIGEST_KEY not in state:
+        return state, False
+    stored = state.get(DIGEST_KEY)
+    if not isinstance(stored, str):
+        raise _Unusable(f"is damaged: format version {version} requires a '{DIGEST_KEY}' checksum and it is missing")
+    actual = payload_digest(state)
+    if actual != stored:
+        raise _Unusable(f"is damaged: its contents do not match their sha256 checksum "
+                        f"(stored {stored[:12]}…, computed {actual[:12]}…)")
+    return state, True
+
+
+@dataclass
+class Latest:
+    """The newest checkpoint of a run that verifies, and the newer ones passed over with the reason."""
+
+    path: Path | None = None
+    state: dict[str, Any] | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def latest(run_dir: Path) -> Latest:
+    """The newest usable checkpoint among ``step-*.pt`` and ``best.pt``, falling back past damaged ones.
+
+    ``best.pt`` counts: when the step files are gone or damaged it is often the newest good state.
+    At equal steps the step file wins (it is the same state). Nothing to resume from at all gives
+    an empty result; files that exist but none verifies is a :class:`CheckpointError`, since
+    starting over would silently discard the run.
+    """
+    found = Latest()
+    candidates = list(step_checkpoints(run_dir))
+    best = checkpoint_dir(run_dir) / BEST_FILE
+    if best.is_file():
+        try:
+            best_state, _ = _read(best)
+            candidates.append((int(best_state["step"]), best))
+            del best_state
+        except (_Unusable, KeyError, TypeError, ValueError) as err:
+            found.skipped.append((best, str(err) if isinstance(err, _Unusable) else "is damaged: it holds no step"))
+    candidates.sort(key=lambda c: (c[0], c[1].name != BEST_FILE), reverse=True)
+    for _, path in candidates:
+        try:
+            state, verified = _read(path)
+        except _Unusable as err:
+            found.skipped.append((path, str(err)))
+            continue
+        if not verified:
+            _warn_unverified(path)
+        found.path, found.state = path, state
+        return found
+    if found.skipped:
+        shown = "; ".join(f"{path.name} {reason}" for path, reason in found.skipped)
+        raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} can be resumed: {shown}; "
+                              f"restore one from a backup or start over with --overwrite")
+    return found
 
 
 def profile_of(state: dict[str, Any], path: Path, models: dict[str, str] | None = None) -> Profile:
@@ -128,7 +293,7 @@ def profile_of(state: dict[str, Any], path: Path, models: dict[str, str] | None 
 
 @dataclass
 class Loaded:
-    model: torch.nn.Module
+    model: LanguageModel
     tokenizer: Tokenizer
     profile: Profile
     state: dict[str, Any]
@@ -152,16 +317,14 @@ def load_model(path: str | Path, *, registry: Registry | None = None, device: st
 
 
 def rebuild(state: dict[str, Any], file: Path, *, registry: Registry | None = None,
-            device: str = "cpu") -> tuple[torch.nn.Module, Tokenizer, Profile]:
+            device: str = "cpu") -> tuple[LanguageModel, Tokenizer, Profile]:
     """The freshly initialised model ``state`` describes (profile, tokenizer, providers, quant recipe).
 
     ``file`` only names the source in errors; the weights are left for the caller to load.
     """
-    from apt.model import ModelBuilder
-
     pinned = {kind: info["name"] for kind, info in state.get("providers", {}).items() if kind in MODEL_KINDS}
     profile = profile_of(state, file, pinned)
-    tokenizer = tokenizer_from_state(state["tokenizer"])
+    tokenizer = tokenizer_from_state(state["tokenizer"], registry=registry)
     try:
         built = ModelBuilder(profile, tokenizer.vocab_size, registry=registry, strict=True).build()
     except AptError as err:
@@ -172,7 +335,7 @@ def rebuild(state: dict[str, Any], file: Path, *, registry: Registry | None = No
     return model, tokenizer, profile
 
 
-def _quantized(model: torch.nn.Module, recipe: Any, file: Path, registry: Registry, device: str) -> torch.nn.Module:
+def _quantized(model: LanguageModel, recipe: Any, file: Path, registry: Registry, device: str) -> LanguageModel:
     """``model`` rewritten by the quant provider a quantised checkpoint names, ready for its state dict."""
     if not isinstance(recipe, dict) or not isinstance(recipe.get("method"), str):
         raise CheckpointError(f"checkpoint {file} holds an invalid quantisation recipe (expected "

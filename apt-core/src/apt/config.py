@@ -30,9 +30,15 @@ def option(
     le: float | None = None,
     lt: float | None = None,
     default_factory: Any = MISSING,
+    rest: bool = False,
 ) -> Any:
-    """A dataclass field with a description and numeric bounds checked by :func:`build`."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    """A dataclass field with a description and numeric bounds checked by :func:`build`.
+
+    ``rest=True`` (on one ``dict[str, Any]`` field) makes it collect every key the other fields
+    do not name, unchecked: a section whose keys are only known to whoever reads it later (a
+    plugin's options next to APT's own policy keys). :func:`to_dict` writes them back flat.
+    """
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "rest": rest}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,6 +57,8 @@ def describe(cls: type) -> list[FieldInfo]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in _settable(cls):
+        if f.metadata.get("rest"):
+            continue
         if f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:
@@ -64,7 +72,14 @@ def describe(cls: type) -> list[FieldInfo]:
 def to_dict(obj: Any) -> Any:
     """Plain-data form of a config (for checkpoints and logs); inverse of :func:`build`."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in _settable(type(obj))}
+        out: dict[str, Any] = {}
+        for f in _settable(type(obj)):
+            value = to_dict(getattr(obj, f.name))
+            if f.metadata.get("rest"):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -82,7 +97,11 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(prefix, f"expected a mapping of settings, got {_show(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in _settable(cls)}
+    fields = {f.name: f for f in _settable(cls) if not f.metadata.get("rest")}
+    rest = next((f.name for f in _settable(cls) if f.metadata.get("rest")), None)
+    extra = {str(k): v for k, v in data.items() if k not in fields}
+    if rest is not None:
+        data = {k: v for k, v in data.items() if k in fields}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -98,6 +117,8 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
         value = _coerce(hints[name], data[name], key)
         _check_bounds(f.metadata, value, key)
         values[name] = value
+    if rest is not None:
+        values[rest] = extra
     try:
         return cls(**values)
     except ConfigError as err:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from apt.atomic import atomic_write
 from apt.errors import AptError
 from apt.home import apt_home
 from apt.profile import DataConfig
-from apt.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer
+from apt.registry import Registry
+from apt.tokenizers import Tokenizer, build_tokenizer
 
 CHUNK_CHARS = 1 << 24
 
@@ -82,8 +84,13 @@ class Corpus:
     tokenizer: Tokenizer
 
 
-def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = None) -> Corpus:
-    """Tokenize the configured corpus; a given tokenizer (from a checkpoint) is reused as is."""
+def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = None, *,
+                options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Corpus:
+    """Tokenize the configured corpus; a given tokenizer (from a checkpoint) is reused as is.
+
+    Otherwise the ``data.tokenizer`` provider builds one (configured by ``options``, the profile's
+    ``providers.tokenizer.<name>``), learning its vocabulary from the training split if it needs to.
+    """
     train_path = Path(cfg.train_path) if cfg.train_path else bundled_corpus()
     paths = [(train_path, "data.train_path")]
     if cfg.val_path:
@@ -93,10 +100,7 @@ def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = 
         return read_chunks(path, cfg.format, cfg.jsonl_field, key)
 
     if tokenizer is None:
-        if cfg.tokenizer == "byte":
-            tokenizer = ByteTokenizer()
-        else:
-            tokenizer = CharTokenizer.from_texts(c for p, k in paths for c in chunks(p, k))
+        tokenizer = build_tokenizer(cfg.tokenizer, (c for p, k in paths for c in chunks(p, k)), options, registry)
     arrays = [encode_to_array(chunks(p, k), tokenizer, _cache_key(p, cfg, tokenizer)) for p, k in paths]
     if cfg.val_path:
         train, val = arrays

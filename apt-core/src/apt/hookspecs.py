@@ -109,6 +109,21 @@ def apt_extra_losses(trainer: TrainerView, batch: Batch, outputs: Output) -> Ext
 
 
 @hookspec
+def apt_after_backward(trainer: TrainerView, step: int) -> None:
+    """Gradients of optimizer step ``step`` (1-based) are complete; read them from
+    ``trainer.model.parameters()`` (``p.grad``, None for parameters that got none).
+
+    Fires exactly once per optimizer step, never per accumulation micro-batch: after the
+    backward pass of the last micro-batch (so ``p.grad`` holds the gradient accumulated over
+    all ``train.grad_accum`` micro-batches, already divided by ``grad_accum``, and under torchrun
+    already averaged across ranks), after the fp16 loss scale was divided out, and before
+    ``train.grad_clip`` clipping and the optimizer step. It also fires on steps whose gradients
+    are non-finite, before the trainer decides to skip them. Treat the gradients as read-only:
+    the optimizer steps with what the hook leaves there.
+    """
+
+
+@hookspec
 def apt_step_end(trainer: TrainerView, step: int, metrics: dict[str, Any]) -> None:
     """The step finished; add entries to ``metrics`` to have them logged with it."""
 

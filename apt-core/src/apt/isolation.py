@@ -22,11 +22,12 @@ def call_data_hook(provider: Provider, target: str, request: Any, *, sandboxed: 
         module, _, attr = target.partition(":")
         return getattr(importlib.import_module(module), attr)(request)
     try:
-        from apt_sandbox import Limits, Sandbox
+        from apt_sandbox import Sandbox
+        from apt_sandbox.limits import DATA_HOOK
     except ImportError:
         why = "its package requires a sandbox" if provider.sandbox == "required" else "--sandbox was given"
         raise AptError(f"{key} must run in a sandbox ({why}): pip install apt-sandbox") from None
-    result = Sandbox(Limits(memory_mb=2048, cpu_seconds=60, wall_seconds=120), network=False).call(target, request)
+    result = Sandbox(DATA_HOOK, network=False).call(target, request)
     if result.status != "ok":
         last = (result.traceback or result.detail or "").strip().splitlines()
         raise RunError(f"{key} failed in the sandbox ({result.status}): {last[-1] if last else 'no detail'}")

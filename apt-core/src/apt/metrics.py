@@ -10,12 +10,19 @@ from typing import IO, Any
 from apt.atomic import atomic_write
 from apt.errors import AptError
 
+#: Events written at the start of a step range, stamped with the step already completed.
+OPENING_EVENTS = frozenset({"epoch"})
+
 
 class MetricsLog:
     """Append-only JSONL of records ``{"event": ..., "step": ..., ...}``.
 
     On resume, records past the resumed step (written after the last checkpoint by the killed
     run, possibly half a line) are dropped first, so the file always shows one continuous curve.
+    Records of :data:`OPENING_EVENTS` carry the step *before* their work (an epoch line says
+    ``step: 20`` when epoch 3 begins after step 20), so at the resumed step itself they belong
+    to the part that is replayed and go too; otherwise a resume at an epoch boundary would log
+    that epoch twice.
     """
 
     def __init__(self, run_dir: Path, *, jsonl: bool, tensorboard: bool, resume_step: int | None) -> None:
@@ -39,12 +46,17 @@ class MetricsLog:
 
     def _truncate(self, step: int) -> None:
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if record.get("step", 0) <= step:
+            if not isinstance(record, dict):
+                continue
+            at = record.get("step", 0)
+            if not isinstance(at, (int, float)):
+                at = 0
+            if at < step or (at == step and record.get("event") not in OPENING_EVENTS):
                 kept.append(line + "\n")
         atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from apt.errors import ConfigError, ProviderError
+from apt.kvcache import KVCache, LayerCache
 from apt.profile import Profile
 from apt.providers import (
     MODEL_KINDS,
@@ -29,6 +30,7 @@ from apt.providers import (
     ResidualOutput,
     RouterProvider,
     SelfInitialised,
+    SupportsKVCache,
     Switchable,
 )
 from apt.registry import Registry, Resolution, default_registry
@@ -49,6 +51,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """``forward`` for new positions only; the attention reads earlier ones from ``cache``."""
+        # LanguageModel.supports_kv_cache checked the attention once; isinstance per step would cost more.
+        attn = cast(SupportsKVCache, self.attn)
+        x = x + attn.forward_cached(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -73,6 +82,31 @@ class LanguageModel(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
+        h = self.ln_f(x)
+        return Output(self.lm_head(h), h)
+
+    def supports_kv_cache(self) -> bool:
+        """Whether every block's attention decodes incrementally (:class:`apt.providers.SupportsKVCache`)."""
+        return all(isinstance(cast(Block, block).attn, SupportsKVCache) for block in self.blocks)
+
+    def new_cache(self, batch: int) -> KVCache:
+        """An empty cache for ``batch`` rows of up to ``block_size`` positions each."""
+        return KVCache(self.dims.n_layer, batch, self.dims.block_size)
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache, starts: list[int],
+                       rows: list[int] | None = None) -> Output:
+        """The outputs at new tokens ``idx`` (R, T) of cache ``rows`` (None: all), row r starting at ``starts[r]``.
+
+        Equals ``forward`` on each row's whole sequence, restricted to the new positions, as long as
+        the cache holds that row's tokens at positions ``0..starts[r]-1``: a prefill starts at 0
+        (shorter rows right-padded; read each row's logits at its own last token), a decoding step
+        feeds one token per row at its length. Positions stop at ``block_size``: sliding past it is
+        the caller's choice (:class:`apt.generate.Decoder` re-encodes the last ``block_size`` tokens).
+        """
+        positions = cache.prepare(rows, starts, idx.shape[1], idx.device)  # (R, T)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        for block, layer in zip(self.blocks, cache.layers, strict=True):
+            x = cast(Block, block).forward_cached(x, layer)
         h = self.ln_f(x)
         return Output(self.lm_head(h), h)
 

@@ -5,6 +5,12 @@ walks the implementations itself (in pluggy's order) so that one plugin raising 
 the others' hooks down with it: the failing plugin is reported, recorded, and unregistered for
 the rest of the run, unless it is ``required``, in which case :class:`PluginHookError` stops
 the run.
+
+Hook-only plugins take options from their ``plugins.<name>`` profile section: an entry point
+naming a class that declares a ``Config`` dataclass is constructed as ``cls(config)``, the config
+built from that section; a class without one as ``cls()``; any other object (a module, an
+instance) is registered as it is and takes no options. ``plugins.<name>.enabled: false`` keeps a
+plugin unregistered; a plugin that should only run when asked sets ``default_enabled = False``.
 """
 
 from __future__ import annotations
@@ -12,13 +18,18 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Iterable
-from importlib.metadata import entry_points
-from typing import Any
+from contextlib import AbstractContextManager
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from apt import hookspecs
-from apt.errors import PluginHookError
+from apt.config import build
+from apt.errors import ConfigError, PluginHookError
+
+if TYPE_CHECKING:
+    from apt.profile import Profile
 
 log = logging.getLogger("apt")
 
@@ -26,6 +37,8 @@ PLUGIN_GROUP = "apt.plugins"
 
 #: Called with (plugin name, hook name, exception, traceback text) when a hook fails.
 FailureSink = Callable[[str, str, BaseException, str], None]
+#: Called with (plugin name, hook name) around each hook implementation while a profiler listens.
+Probe = Callable[[str, str], AbstractContextManager[object]]
 
 
 class PluginHost:
@@ -34,7 +47,11 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.required = set(required)
         self.disabled: dict[str, str] = {}
+        #: Installed hook-only plugins left unregistered because they are not enabled.
+        self.off: set[str] = set()
         self._on_failure = on_failure
+        #: Set by :class:`apt.profiler.StepProfiler` only; None keeps dispatch free of timing.
+        self.probe: Probe | None = None
 
     def register(self, plugin: object, name: str) -> None:
         """Register ``plugin``'s hooks; an ``apt_*`` callable that is not a valid hook is an error.
@@ -54,13 +71,33 @@ class PluginHost:
                 raise ValueError(f"plugin {name!r}: {attr} is not an apt hook (see apt.hookspecs)")
         self.pm.register(plugin, name=name)
 
-    def load_entry_points(self) -> None:
-        """Register hook-only plugins from the ``apt.plugins`` entry-point group."""
-        for ep in entry_points(group=PLUGIN_GROUP):
+    def load_entry_points(self, profile: Profile | None = None) -> None:
+        """Register hook-only plugins from the ``apt.plugins`` entry-point group, each configured
+        from ``profile.plugins.<name>`` (defaults without a profile).
+
+        A bad option raises :class:`ConfigError` (the user's to fix, so the run stops); a plugin
+        that fails to import or construct is reported and skipped like a failing hook.
+        """
+        installed = installed_plugins()
+        if profile is not None:
+            for name, wants in profile.plugins.items():
+                if wants.enabled and name not in installed:
+                    log.warning("plugins.%s.enabled is true but no hook-only plugin %r is installed "
+                                "(installed: %s)", name, name, ", ".join(sorted(installed)) or "none")
+        for ep in installed.values():
             if self.pm.has_plugin(ep.name) or ep.name in self.disabled:
                 continue
+            policy = profile.plugins.get(ep.name) if profile is not None else None
             try:
-                self.register(ep.load(), ep.name)
+                obj = ep.load()
+                wanted = policy.enabled if policy is not None and policy.enabled is not None \
+                    else getattr(obj, "default_enabled", True) is not False
+                if not wanted:
+                    self.off.add(ep.name)
+                    continue
+                self.register(instantiate_plugin(obj, ep.name, profile), ep.name)
+            except ConfigError:
+                raise
             except Exception as err:
                 self._fail(ep.name, "load", err)
 
@@ -89,6 +126,9 @@ class PluginHost:
 
     def _invoke(self, impl: Any, hook: str, kwargs: dict[str, Any]) -> Any:
         try:
+            if self.probe is not None:
+                with self.probe(impl.plugin_name, hook):
+                    return impl.function(*[kwargs[arg] for arg in impl.argnames])
             return impl.function(*[kwargs[arg] for arg in impl.argnames])
         except Exception as err:
             self._fail(impl.plugin_name, hook, err)
@@ -104,3 +144,38 @@ class PluginHost:
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
         log.warning("plugin %r raised in %s (%r); disabled for the rest of this run", name, hook, err)
+
+
+def installed_plugins() -> dict[str, EntryPoint]:
+    """Hook-only plugins installed in this environment, by entry-point name."""
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def check_plugin_options(obj: object, name: str, profile: Profile | None) -> Any:
+    """The validated config of plugin ``name`` (None when it declares no ``Config``).
+
+    A plugin without a ``Config`` accepts only APT's policy keys, as before plugins had options.
+    """
+    config_cls = getattr(obj, "Config", None)
+    policy = profile.plugins.get(name) if profile is not None else None
+    if config_cls is None:
+        if policy is not None and policy.options:
+            key = next(iter(policy.options))
+            raise ConfigError(f"plugins.{name}.{key}", f"unknown key; plugin {name!r} takes no options "
+                                                       f"(only required, enabled)")
+        return None
+    if not isinstance(obj, type):
+        raise TypeError(f"plugin {name!r} declares a Config but its entry point is not a class; "
+                        f"point the entry point at the class so APT can construct it with its config")
+    if profile is None:
+        return build(config_cls, {}, f"plugins.{name}")
+    return profile.plugin_config(name, config_cls)
+
+
+def instantiate_plugin(obj: object, name: str, profile: Profile | None) -> object:
+    """What to register for an entry-point object: a class constructed (with its config when it
+    declares one), anything else as it is."""
+    config = check_plugin_options(obj, name, profile)
+    if not isinstance(obj, type):
+        return obj
+    return obj(config) if config is not None else obj()

@@ -36,7 +36,8 @@ class DataConfig:
     val_fraction: float = option(0.1, gt=0, lt=1, doc="share of the corpus (its end) held out for validation")
     format: Literal["auto", "text", "jsonl"] = option("auto", doc="auto: .jsonl files are JSONL, others text")
     jsonl_field: str = option("text", doc="JSONL key holding each document's text")
-    tokenizer: Literal["char", "byte"] = option("char", doc="char: vocabulary of the corpus; byte: 256 UTF-8 bytes")
+    tokenizer: str = option("char", doc="tokenizer provider (options under providers.tokenizer.<name>): char: "
+                                        "vocabulary of the corpus; byte: 256 UTF-8 bytes; bpe: apt-plugin-bpe")
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,21 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class PluginPolicy:
+    """``plugins.<name>``: APT's policy keys, then the plugin's own options in the same section.
+
+    The options are checked against the ``Config`` dataclass the plugin declares (see
+    :meth:`Profile.plugin_config`) once the plugin is known to be installed: a profile may carry
+    settings for a plugin that is not.
+    """
+
     required: bool = option(False, doc="a failing hook stops the run instead of disabling the plugin")
+    enabled: bool | None = option(None, doc="false: never register the plugin; null: its own default "
+                                            "(on, unless it sets default_enabled = False)")
+    options: dict[str, Any] = option(default_factory=dict, rest=True, doc="the plugin's settings (its Config)")
+
+    def __post_init__(self) -> None:
+        require(not (self.required and self.enabled is False), "enabled",
+                "a required plugin cannot be disabled; drop required or enabled")
 
 
 @dataclass(frozen=True)
@@ -136,6 +151,17 @@ class Profile:
         key = f"{cls.kind}.{cls.name}"
         if key not in self.configs:
             self.configs[key] = cfg.build(cls.Config, self.provider_options(cls.kind, cls.name), f"providers.{key}")
+        return self.configs[key]
+
+    def plugin_config(self, name: str, config_cls: type[Any]) -> Any:
+        """Hook-only plugin ``name``'s typed config from ``plugins.<name>``, built the first time.
+
+        Errors name the full key (``plugins.monitor.log_every``) like every other profile error.
+        """
+        key = f"plugins.{name}"
+        if key not in self.configs:
+            policy = self.plugins.get(name, PluginPolicy())
+            self.configs[key] = cfg.build(config_cls, policy.options, key)
         return self.configs[key]
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +250,7 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
     try:
         profile = cfg.build(Profile, data)
         build_provider_configs(profile)
+        build_plugin_configs(profile)
     except ConfigError as err:
         source = next((src for key, src in origin.items() if err.key == key or err.key.startswith(key + ".")), None)
         raise err.located(source or marks.where(err.key)) from None
@@ -246,6 +273,23 @@ def build_provider_configs(profile: Profile) -> None:
             except AptError:
                 continue
             profile.provider_config(cls)
+
+
+def build_plugin_configs(profile: Profile) -> None:
+    """Check the options of every installed hook-only plugin the profile configures, at load time,
+    so a typo fails before the model is built and points at its line."""
+    from apt.plugins import check_plugin_options, installed_plugins
+
+    installed = installed_plugins()
+    for name in profile.plugins:
+        ep = installed.get(name)
+        if ep is None:
+            continue
+        try:
+            obj = ep.load()
+        except Exception:  # the plugin host reports broken plugins when the run starts
+            continue
+        check_plugin_options(obj, name, profile)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

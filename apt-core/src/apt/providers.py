@@ -12,7 +12,7 @@ provider classes to validate them and must still start in a fraction of a second
 
 Optional behaviour is declared through the capability Protocols at the end of this module
 (:class:`Switchable`, :class:`ResidualOutput`, :class:`SelfInitialised`,
-:class:`HasInferenceForm`, :class:`EvidenceAligner`); the kernel checks for them with
+:class:`HasInferenceForm`, :class:`SupportsKVCache`, :class:`EvidenceAligner`); the kernel checks for them with
 ``isinstance``, never by probing attribute names.
 
 A provider *instance* may also implement ``apt_*`` hooks (see :mod:`apt.hookspecs`); the model
@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from apt.kvcache import LayerCache
     from apt.model import LanguageModel
 
 #: Every provider kind, in the order listings show them.
-KINDS = ("attention", "ffn", "router", "align", "retriever", "voter", "quant")
+KINDS = ("attention", "ffn", "router", "align", "retriever", "voter", "quant", "tokenizer")
 #: The kinds a model is assembled from (the profile's ``model.<kind>`` keys); the rest serve generation.
 MODEL_KINDS = ("attention", "ffn", "router", "align")
 
@@ -252,10 +253,49 @@ class QuantProvider(Provider):
         return self.apply(model)
 
 
+class Tokenizer(Protocol):
+    """What :meth:`TokenizerProvider.build` returns; train, eval, generate and serve use only this."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids; the model's embedding has this many rows."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; raises :class:`apt.errors.AptError` for text it cannot encode."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids``; never raises for ids below ``vocab_size``."""
+
+    def encodable(self, text: str) -> str:
+        """``text`` without the characters the tokenizer cannot encode (for text the user did not write)."""
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this exact tokenizer, as plain JSON-able data.
+
+        ``"kind"`` must be the provider's name: checkpoints store this dict and
+        :func:`apt.tokenizers.tokenizer_from_state` finds the provider through it.
+        """
+
+
+class TokenizerProvider(Provider):
+    """Turns text into token ids; its state travels inside every checkpoint (``data.tokenizer``)."""
+
+    kind = "tokenizer"
+
+    @abstractmethod
+    def build(self, texts: Iterable[str]) -> Tokenizer:
+        """A tokenizer for a new run; ``texts`` lazily yields the training corpus in chunks
+        (iterate it only if the vocabulary is learnt from the corpus)."""
+
+    @abstractmethod
+    def from_state(self, state: dict[str, Any]) -> Tokenizer:
+        """The tokenizer a checkpoint saved with :meth:`Tokenizer.state`, exactly as it was."""
+
+
 BASES: dict[str, type[Provider]] = {
     cls.kind: cls
     for cls in (AttentionProvider, FFNProvider, RouterProvider, AlignProvider,
-                RetrieverProvider, VoterProvider, QuantProvider)
+                RetrieverProvider, VoterProvider, QuantProvider, TokenizerProvider)
 }
 
 
@@ -322,6 +362,21 @@ class HasInferenceForm(Protocol):
     """
 
     def inference_form(self) -> nn.Module:
+        ...
+
+
+@runtime_checkable
+class SupportsKVCache(Protocol):
+    """An attention module that decodes incrementally from a key/value cache.
+
+    ``forward_cached(x, cache)`` receives only the new positions ``x`` (B, T, C) and returns what
+    ``forward`` would return at those positions given every earlier one: it projects the new
+    queries, keys and values and attends through ``cache.attend(q, k, v)`` (or ``cache.append``
+    and its own kernel), which stores the keys and values at their positions and applies the
+    causal and per-row masks. Without it, generation re-runs the whole window for every token.
+    """
+
+    def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         ...
 
 

@@ -25,7 +25,8 @@ from apt.providers import KINDS, Provider, check_provider_class
 log = logging.getLogger("apt")
 
 GROUP = "apt.providers"
-DEFAULTS = {"attention": "tva", "ffn": "dense", "retriever": "bm25", "voter": "self_consistency"}
+DEFAULTS = {"attention": "tva", "ffn": "dense", "retriever": "bm25", "voter": "self_consistency",
+            "tokenizer": "char"}
 FALLBACKS = {"attention": "sdpa"}
 #: Kinds every model needs; the others are optional and may be left out with a warning.
 REQUIRED_KINDS = ("attention", "ffn")
@@ -41,6 +42,7 @@ PACKAGES = {
     "voter.self_consistency": "apt-plugin-voter",
     "quant.int8_dynamic": "apt-plugin-quant",
     "quant.bf16": "apt-plugin-quant",
+    "tokenizer.bpe": "apt-plugin-bpe",
 }
 
 

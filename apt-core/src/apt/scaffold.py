@@ -52,7 +52,7 @@ class Names:
 
 BASES = {"attention": "AttentionProvider", "ffn": "FFNProvider", "router": "RouterProvider",
          "align": "AlignProvider", "retriever": "RetrieverProvider", "voter": "VoterProvider",
-         "quant": "QuantProvider"}
+         "quant": "QuantProvider", "tokenizer": "TokenizerProvider"}
 
 EXAMPLES = {
     "attention": "apt train -p tiny_debug --set model.attention=NAME",
@@ -62,6 +62,7 @@ EXAMPLES = {
     "retriever": "apt plugin info retriever NAME",
     "voter": "apt plugin info voter NAME",
     "quant": "apt plugin info quant NAME",
+    "tokenizer": "apt train -p tiny_debug --set data.tokenizer=NAME",
 }
 
 PYPROJECT = """\
@@ -537,11 +538,91 @@ def round_linear_weights(model: LanguageModel, bits: int) -> LanguageModel:
     return model
 '''
 
+TOKENIZER_PROVIDER = '''"""The tokenizer.$name provider (torch-free; its state travels inside every checkpoint)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from apt import TokenizerProvider, option
+
+from $package.module import CharsOverBytes
+
+
+@dataclass(frozen=True)
+class ${config_cls}:
+    max_chars: int = option(1000, ge=0, le=1_000_000, doc="most frequent corpus characters given their own token")
+
+
+class $cls(TokenizerProvider):
+    """The corpus's most frequent characters as tokens, any other text as its UTF-8 bytes."""
+
+    name = "$name"
+    Config = ${config_cls}
+
+    def build(self, texts: Iterable[str]) -> CharsOverBytes:
+        return CharsOverBytes.from_texts(texts, self.config.max_chars)
+
+    def from_state(self, state: dict[str, Any]) -> CharsOverBytes:
+        return CharsOverBytes(state["chars"])
+'''
+
+TOKENIZER_MODULE = '''"""Characters over a byte fallback: ids 0-255 are UTF-8 bytes, 256 on the learnt characters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+BYTES = 256
+
+
+class CharsOverBytes:
+    def __init__(self, chars: str) -> None:
+        self.chars = chars
+        self.ids = {c: BYTES + i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], max_chars: int) -> CharsOverBytes:
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text)
+        frequent = sorted(counts, key=lambda c: (-counts[c], c))[:max_chars]
+        return cls("".join(sorted(frequent)))
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTES + len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for c in text:
+            known = self.ids.get(c)
+            ids.extend([known] if known is not None else c.encode("utf-8"))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out = bytearray()
+        for i in ids:
+            out.extend(self.chars[i - BYTES].encode("utf-8") if i >= BYTES else bytes([i]))
+        return out.decode("utf-8", errors="replace")
+
+    def encodable(self, text: str) -> str:
+        return text
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "$name", "chars": self.chars}
+'''
+
 SERVICES = {
     "align": (ALIGN_PROVIDER, ALIGN_MODULE),
     "retriever": (RETRIEVER_PROVIDER, RETRIEVER_MODULE),
     "voter": (VOTER_PROVIDER, VOTER_MODULE),
     "quant": (QUANT_PROVIDER, QUANT_MODULE),
+    "tokenizer": (TOKENIZER_PROVIDER, TOKENIZER_MODULE),
 }
 
 

@@ -14,27 +14,35 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 import time
+import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from apt import checkpoint as ckpt
+from apt import distributed
 from apt.data import Batches, load_corpus, seed_for
 from apt.errors import AptError, CheckpointError, PluginHookError, RunError
-from apt.metrics import MetricsLog
 from apt.hookspecs import TrainerView
-from apt.model import LanguageModel, ModelBuilder, cross_entropy, set_switch
+from apt.metrics import MetricsLog
+from apt.model import Block, BuiltModel, LanguageModel, ModelBuilder, cross_entropy, set_switch
 from apt.plugins import PluginHost
 from apt.profile import Profile
 from apt.registry import Registry
 from apt.schedules import Schedule
 from apt.tokenizers import tokenizer_from_state
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from apt.profiler import StepProfiler
 
 log = logging.getLogger("apt")
 
@@ -129,7 +137,7 @@ class Trainer:
     """Owns one run. Plugins never see it: hooks get its :class:`RunView` (``self.view``)."""
 
     def __init__(self, profile: Profile, *, registry: Registry | None = None, strict: bool = False,
-                 resume: str | None = None, echo: Callable[[str], None] = print) -> None:
+                 resume: str | None = None, overwrite: bool = False, echo: Callable[[str], None] = print) -> None:
         self.profile = profile
         self.echo = echo
         t = profile.train
@@ -140,15 +148,17 @@ class Trainer:
         if t.precision == "fp16" and self.device.type != "cuda":
             raise AptError("train.precision: fp16 needs a CUDA device; use bf16 on CPU")
         self.run_dir = profile.run_dir
-        state = self._resume_state(resume)
-        tokenizer = tokenizer_from_state(state["tokenizer"]) if state else None
-        self.corpus = load_corpus(profile.data, profile.model.block_size, tokenizer)
+        state = self._resume_state(resume, overwrite)
+        tokenizer = (tokenizer_from_state(state["tokenizer"], expected=profile.data.tokenizer, registry=registry)
+                     if state else None)
+        self.corpus = load_corpus(profile.data, profile.model.block_size, tokenizer, registry=registry,
+                                  options=profile.provider_options("tokenizer", profile.data.tokenizer))
         self.tokenizer = self.corpus.tokenizer
 
         torch.manual_seed(t.seed)
         self.built = ModelBuilder(profile, self.tokenizer.vocab_size, registry=registry, strict=strict).build()
         self.model = self.built.model.to(self.device)
-        self._forward: nn.Module = self.model
+        self._ddp: DistributedDataParallel | None = None
         if self.dist.world > 1:
             self._init_distributed()
 
@@ -162,7 +172,7 @@ class Trainer:
         self.val_batches = Batches(self.corpus.val, profile.model.block_size, t.batch_size, t.seed)
         self.eval_train_batches = Batches(self.corpus.train, profile.model.block_size, t.batch_size, t.seed)
 
-        self.run_id = uuid.uuid4().hex
+        self.run_id = self._shared_run_id()
         self.step = 0
         self.best_val_loss: float | None = None
         self.evals_since_best = 0
@@ -170,13 +180,18 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self.stop_reason = ""
         self._error_store: Any = None
+        #: Where the current step is: "data", "forward", "backward", "update" (the optimizer may have
+        #: changed the weights while ``self.step`` still names the previous step) or "idle".
+        self._phase = "idle"
+        #: ``apt train --profile`` attaches one before :meth:`run`; None costs the step nothing.
+        self.profiler: StepProfiler | None = None
 
         self.view: TrainerView = RunView(self)
         self.host = PluginHost(required=self._required_plugins(), on_failure=self._record_failure)
         for key, instance in self.built.instances.items():
             if any(attr.startswith("apt_") for attr in dir(instance)):
                 self.host.register(instance, key)
-        self.host.load_entry_points()
+        self.host.load_entry_points(profile)
         if state:
             self._restore(state)
         self.metrics = MetricsLog(self.run_dir, jsonl=profile.logging.jsonl and self.dist.main,
@@ -190,9 +205,29 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         if not tdist.is_initialized():
-            tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            timeout = distributed.collective_timeout()
+            tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timeout,
+                                     store=distributed.attempt_store(timeout), rank=self.dist.rank,
+                                     world_size=self.dist.world)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        self._forward = DistributedDataParallel(self.model, device_ids=ids)
+        self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _shared_run_id(self) -> str:
+        """Rank 0's id on every rank, so the error store ties the ranks' records to one run."""
+        ids = [uuid.uuid4().hex]
+        if self.dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.broadcast_object_list(ids, src=0)
+        return str(ids[0])
+
+    def _close_distributed(self) -> None:
+        """Leave the group together: a rank tearing gloo down while a peer still talks can abort the peer."""
+        import torch.distributed as tdist
+
+        if self.dist.world > 1 and tdist.is_initialized():
+            tdist.barrier()
+            tdist.destroy_process_group()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.profile.train
@@ -209,20 +244,54 @@ class Trainer:
                 required.add(key)
         return required
 
-    def _resume_state(self, resume: str | None) -> dict[str, Any] | None:
+    def _resume_state(self, resume: str | None, overwrite: bool) -> dict[str, Any] | None:
         if resume in (None, "", "none"):
+            self._start_fresh(overwrite)
             return None
+        if overwrite:
+            raise AptError(f"--overwrite starts a new run and --resume {resume} continues one: pass only one of them")
         if resume == "auto":
-            steps = ckpt.step_checkpoints(self.run_dir)
-            if not steps:
+            found = ckpt.latest(self.run_dir)
+            for skipped, reason in found.skipped:
+                if self.dist.main:
+                    log.warning("resume: skipped %s: it %s", skipped, reason)
+            if found.state is None or found.path is None:
+                if (self.run_dir / "metrics.jsonl").is_file():
+                    self.say(f"no checkpoint in {ckpt.checkpoint_dir(self.run_dir)} yet: starting from step 0 "
+                             f"(the steps already in metrics.jsonl are replayed identically)")
                 return None
-            path = steps[-1][1]
+            path, state = found.path, found.state
         else:
             path = ckpt.resolve(resume)
-        state = ckpt.load(path)
+            state = ckpt.load(path)
         self._check_compatible(state, path)
         self.resumed_from = path
         return state
+
+    def _start_fresh(self, overwrite: bool) -> None:
+        """A new run never lands on top of an old one: two runs in one metrics.jsonl or checkpoint set
+        cannot be told apart afterwards, so refuse unless ``overwrite`` says the old one may go."""
+        folder = ckpt.checkpoint_dir(self.run_dir)
+        metrics, tb = self.run_dir / "metrics.jsonl", self.run_dir / "tb"
+        checkpoints = [path for _, path in ckpt.step_checkpoints(self.run_dir)]
+        if (folder / ckpt.BEST_FILE).is_file():
+            checkpoints.append(folder / ckpt.BEST_FILE)
+        held = [f"{len(checkpoints)} checkpoint(s) in {folder}"] if checkpoints else []
+        if metrics.is_file() and metrics.stat().st_size:
+            held.append(str(metrics))
+        if tb.is_dir() and any(tb.iterdir()):
+            held.append(f"TensorBoard logs in {tb}")
+        if not held:
+            return
+        if not overwrite:
+            raise AptError(f"{self.run_dir} already holds a run ({', '.join(held)}): continue it with --resume auto, "
+                           f"start over with --overwrite (deletes them), or set checkpoint.dir to a new directory")
+        if self.dist.main:
+            for path in checkpoints:
+                path.unlink(missing_ok=True)
+            metrics.unlink(missing_ok=True)
+            shutil.rmtree(tb, ignore_errors=True)
+            self.say(f"--overwrite: removed the previous run ({', '.join(held)})")
 
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
         old = state.get("profile", {})
@@ -268,7 +337,7 @@ class Trainer:
             while self.step < t.max_iters and not self.stop_reason:
                 if self.step % self.steps_per_epoch == 0:
                     self._begin_epoch()
-                metrics = self.train_step()
+                metrics = self.train_step() if self.profiler is None else self.profiler.step(self.train_step)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -288,9 +357,12 @@ class Trainer:
             self.stop_reason = self.stop_reason or "finished"
         except PluginHookError as err:
             self.stop_reason = f"required plugin failed: {err}"
-            path = self.save_checkpoint()
-            raise RunError(f"{err}; emergency checkpoint {path} holds step {self.step} "
-                           f"(fix the plugin, then --resume auto)") from err
+            raise self._contain_hook(err) from err
+        except AptError:
+            raise
+        except Exception as err:
+            self.stop_reason = f"crashed: {type(err).__name__}"
+            raise self._contain(err) from err
         except KeyboardInterrupt:
             self.stop_reason = "interrupted"
             path = self.save_checkpoint()
@@ -300,7 +372,11 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.host.call("apt_train_end", trainer=self.view)
+            if self.profiler is not None:
+                for line in self.profiler.close():
+                    self.say(line)
             self.metrics.close()
+        self._close_distributed()
         return TrainResult(self.step, self.best_val_loss, self.last_metrics, self.stop_reason, self.run_dir)
 
     def lr_at(self, step: int) -> float:
@@ -325,16 +401,20 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        self._phase = "data"
         batch = self._batch(0)
         self.host.call("apt_step_start", trainer=self.view, step=step, batch=batch)
         loss_sum = torch.zeros((), device=self.device)
         aux_sums: dict[str, torch.Tensor] = {}
         for micro in range(t.grad_accum):
             if micro:
+                self._phase = "data"
                 batch = self._batch(micro)
-            sync = micro == t.grad_accum - 1 or self._forward is self.model
-            with self._autocast(), (contextlib.nullcontext() if sync else self._forward.no_sync()):
-                out = self._forward(batch[0])
+            self._phase = "forward"
+            ddp = self._ddp
+            last = micro == t.grad_accum - 1
+            with self._autocast(), (ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()):
+                out = ddp(batch[0]) if ddp is not None else self.model(batch[0])
                 loss = cross_entropy(out.logits, batch[1])
                 total = loss
                 for name, extra in self.host.call_each("apt_extra_losses", trainer=self.view, batch=batch,
@@ -344,14 +424,17 @@ class Trainer:
                         continue
                     total = total + value
                     aux_sums[name] = aux_sums.get(name, 0.0) + value.detach()
+            self._phase = "backward"
             self.scaler.scale(total / t.grad_accum).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
+        self.host.call("apt_after_backward", trainer=self.view, step=step)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
         loss_value = loss_sum.item() / t.grad_accum
         metrics: dict[str, Any] = {"step": step, "epoch": self.schedule.epoch, "loss": loss_value, "lr": lr,
                                    "grad_norm": grad_norm.item()}
         metrics.update({f"aux.{name}": v.item() / t.grad_accum for name, v in aux_sums.items()})
+        self._phase = "update"
         if math.isfinite(loss_value) and math.isfinite(metrics["grad_norm"]):
             self.scaler.step(self.optimizer)
             self.nonfinite_streak = 0
@@ -363,6 +446,7 @@ class Trainer:
         metrics["tokens_per_s"] = tokens / max(1e-9, time.perf_counter() - started)
         self.host.call("apt_step_end", trainer=self.view, step=step, metrics=metrics)
         self.step = step
+        self._phase = "idle"
         self.last_metrics = metrics
         self.metrics.write("step", metrics)
         return metrics
@@ -466,19 +550,78 @@ class Trainer:
             raise RunError(f"training diverged at step {metrics['step']}: {self.nonfinite_streak} consecutive "
                            f"non-finite steps (lower train.lr or raise train.grad_clip; see apt errors list)")
 
+    def _contain(self, err: Exception) -> RunError:
+        """Turn a crash inside the loop into one line naming the culprit, a store record and, when
+        the weights still match ``self.step``, an emergency checkpoint to resume from."""
+        step = self.step + 1
+        culprit, where = blame(err, self.built, self._phase)
+        if self.dist.world > 1 and distributed.is_collateral(str(err)):
+            culprit = "another rank"
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raised = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        path, saved = self._emergency_save()
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        during = {"idle": "between steps"}.get(self._phase, f"in {self._phase}")
+        record_id = self._record("crash", f"{culprit} raised {raised} ({during} at {where})", traceback=text,
+                                 plugin=culprit if culprit not in ("apt", "data loader", "another rank") else None,
+                                 step=step,
+                                 context={"phase": self._phase, "culprit": culprit, "location": where,
+                                          "checkpoint": str(path) if path else None})
+        details = f"; details: apt errors show {record_id}" if record_id is not None else ""
+        return RunError(f"{self._rank_prefix()}step {step}: {culprit} raised {raised} at {where} ({during}); "
+                        f"{saved}{details}")
+
+    def _contain_hook(self, err: PluginHookError) -> RunError:
+        """A required plugin's hook raised (its hook_error is already in the store): the same one line
+        as a crash, naming the plugin, its exception and the line of the plugin's code that raised."""
+        cause = err.cause
+        frames = list(traceback.walk_tb(cause.__traceback__))
+        where = f"{frames[-1][0].f_code.co_filename}:{frames[-1][1]}" if frames else "?"
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        raised = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+        _, saved = self._emergency_save(after_update=True)
+        step = self.step if self._phase == "idle" else self.step + 1
+        return RunError(f"{self._rank_prefix()}step {step}: required plugin {err.plugin!r} failed in {err.hook}: "
+                        f"{raised} at {where}; {saved}")
+
+    def _emergency_save(self, *, after_update: bool = False) -> tuple[Path | None, str]:
+        """Checkpoint the last completed step if the weights still hold it, with the sentence saying so.
+        ``after_update`` keeps the older rule for required plugins: save even once the optimizer moved."""
+        if self._phase == "update" and not after_update:
+            return None, ("no emergency checkpoint: the optimizer had already changed the weights; "
+                          "resume from the last periodic checkpoint with --resume auto")
+        if self.step == 0:
+            return None, "no step had completed, so there is nothing to resume: rerun once fixed"
+        if not self.dist.main:
+            return None, ("no emergency checkpoint (only rank 0 writes checkpoints and it is being stopped): "
+                          "resume from the last periodic checkpoint with --resume auto")
+        try:
+            path = self.save_checkpoint()
+        except Exception as save_err:  # the original failure is the one to report
+            return None, f"the emergency checkpoint failed too ({save_err!r})"
+        return path, f"emergency checkpoint {path} holds step {self.step}: fix it, then rerun with --resume auto"
+
+    def _rank_prefix(self) -> str:
+        return f"rank {self.dist.rank}: " if self.dist.world > 1 else ""
+
     def _record_failure(self, plugin: str, hook: str, err: BaseException, text: str) -> None:
         self._record("hook_error", f"{plugin} raised in {hook}: {err!r}", traceback=text, plugin=plugin,
                      context={"hook": hook, "step": self.step})
 
-    def _record(self, type: str, message: str, **fields: Any) -> None:
+    def _record(self, type: str, message: str, **fields: Any) -> int | None:
         try:
             if self._error_store is None:
                 from apt.errorstore import ErrorStore
 
                 self._error_store = ErrorStore()
-            self._error_store.record(type, message, run_id=self.run_id, **fields)
+            fields.setdefault("step", self.step if self._phase == "idle" else self.step + 1)
+            if self.dist.world > 1:
+                fields["context"] = {**(fields.get("context") or {}), "rank": self.dist.rank,
+                                     "world_size": self.dist.world}
+            return int(self._error_store.record(type, message, run_id=self.run_id, **fields))
         except Exception as err:  # the store must never be why a run fails
             print(f"apt: warning: could not record error in the error store: {err}", file=sys.stderr)
+            return None
 
     def _progress(self) -> Any:
         if not (self.profile.logging.progress and self.dist.main and sys.stderr.isatty()):
@@ -486,6 +629,56 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(total=self.profile.train.max_iters, initial=self.step, unit="step", dynamic_ncols=True)
+
+
+def blame(err: BaseException, built: BuiltModel, phase: str) -> tuple[str, str]:
+    """Which provider (``"ffn.geglu"``), ``"data loader"`` or ``"apt"`` raised ``err``, and where
+    (``file:line``).
+
+    Walks the traceback from the innermost frame out: the first frame running a module a
+    provider built names that provider, and the location is the innermost frame in that
+    provider's own package (the line of its code, even when torch raised below it). A provider's
+    custom autograd ``backward`` has no module frame, so frames are also matched by package.
+    """
+    owners = {id(m): key for key, module in provider_modules(built) for m in module.modules()}
+    packages = {key: _package(type(p).__module__) for key, p in built.instances.items()}
+    frames = [(f, line) for f, line in traceback.walk_tb(err.__traceback__)][::-1]
+
+    def located(frame: Any, line: int) -> str:
+        return f"{frame.f_code.co_filename}:{line}"
+
+    def in_package(frame: Any, package: str) -> bool:
+        name = str(frame.f_globals.get("__name__", ""))
+        return name == package or name.startswith(package + ".")
+
+    culprit = next((owners[id(f.f_locals["self"])] for f, _ in frames
+                    if id(f.f_locals.get("self")) in owners), None)
+    if culprit is None:
+        culprit = next((key for f, _ in frames for key, pkg in packages.items() if in_package(f, pkg)), None)
+    if culprit is not None:
+        inner = next(((f, n) for f, n in frames if in_package(f, packages[culprit])), frames[0])
+        return culprit, located(*inner)
+    if not frames:
+        return ("data loader" if phase == "data" else "apt"), "?"
+    if phase == "data" or any(in_package(f, "apt.data") for f, _ in frames):
+        return "data loader", located(*frames[0])
+    return "apt", located(*frames[0])
+
+
+def provider_modules(built: BuiltModel) -> list[tuple[str, torch.nn.Module]]:
+    """The modules providers built, each with its provider's key (``"ffn.geglu"``), in forward order."""
+    keys = {p.kind: key for key, p in built.instances.items()}
+    found: list[tuple[str, torch.nn.Module]] = []
+    for block in built.model.blocks:
+        assert isinstance(block, Block)
+        found += [(keys["attention"], block.attn), (keys.get("router", keys["ffn"]), block.mlp)]
+    return found + [(keys[name], module) for name, module in built.model.extras.items() if name in keys]
+
+
+def _package(module: str) -> str:
+    """A provider class's package (``apt_plugin_moe`` for ``apt_plugin_moe.provider``): its modules
+    live beside it. A provider that is one top-level module is its own package."""
+    return module.rpartition(".")[0] or module
 
 
 def _as_loss(extra: Any) -> torch.Tensor | None:

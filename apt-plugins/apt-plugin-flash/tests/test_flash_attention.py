@@ -124,3 +124,21 @@ def test_flash_path_matches_sdpa_in_bf16_on_cuda():
     y = flash(x.bfloat16()).float()
     assert (y - sdpa.bfloat16()(x.bfloat16()).float()).abs().max().item() < 2e-2
     assert (y - reference).abs().max().item() < 3e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cached_decoding_on_cuda_matches_the_full_forward_in_bf16():
+    from apt.kvcache import KVCache
+
+    flash, _ = pair()
+    flash = flash.cuda().bfloat16().eval()
+    x = torch.randn(2, 32, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        full = flash(x).float()
+        cache = KVCache(1, 2, 32)
+        cache.prepare(None, [0, 0], 8, x.device)
+        steps = [flash.forward_cached(x[:, :8], cache.layers[0])]
+        for t in range(8, 32):
+            cache.prepare(None, [t, t], 1, x.device)
+            steps.append(flash.forward_cached(x[:, t:t + 1], cache.layers[0]))
+    assert (torch.cat(steps, dim=1).float() - full).abs().max().item() < 3e-2

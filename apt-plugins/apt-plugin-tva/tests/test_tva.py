@@ -129,3 +129,36 @@ def test_inference_form_matches_forward(bias, r, s, kernel_dim):
     again.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(again(x), folded(x)), "a saved inference form reloads into a fresh one"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("r, s, kernel_dim", [(4, 1, None), (3, 2, 16)])
+def test_kv_cache_matches_forward_with_the_gate_on_for_some_tokens(bias, r, s, kernel_dim):
+    from apt import SupportsKVCache
+    from apt.testing import check_kv_cache
+
+    torch.manual_seed(0)
+    dims = dataclasses.replace(DIMS, bias=bias)
+    layer = TriVeinAttention(dims, TVAConfig(r, s, 0.5, kernel_dim))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    layer.eval()
+    layer.tau = layer.off_plane_ratio(torch.randn(2, 16, 64)).median().item()
+    for module in (layer, layer.inference_form()):
+        assert isinstance(module, SupportsKVCache)
+        check_kv_cache(module, dims, type(module).__name__)
+
+
+def test_decoding_refolds_after_the_weights_change():
+    from apt.testing import check_kv_cache
+
+    torch.manual_seed(0)
+    layer = TriVeinAttention(DIMS, TVAConfig()).eval()
+    check_kv_cache(layer, DIMS)
+    with torch.no_grad():
+        layer.qkv.weight.mul_(1.5)
+        layer.vein.add_(0.1)
+    check_kv_cache(layer, DIMS, "after an in-place update")
+    layer.load_state_dict(TriVeinAttention(DIMS, TVAConfig()).state_dict())
+    check_kv_cache(layer, DIMS, "after load_state_dict")

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from apt.home import apt_home
+
 from .apx.errors import ApxError
 from .apx.pack import pack
 from .apx.signing import load_signing_key, parse_public_key
-from .client.config import ClientConfig, apt_home
+from .client.config import ClientConfig
 from .client.errors import InstallError, MarketClientError, UsageError
 from .client.http import MarketClient
 from .resolver import ResolutionError

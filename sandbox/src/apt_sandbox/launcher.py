@@ -112,7 +112,8 @@ def _open_binds(cfg: dict, notes: dict) -> list[tuple[int, str, bool, bool]]:
     """Open what must stay visible under the masks before the masks cover it."""
     masks = [m for m in cfg["masks"] if os.path.isdir(m)]
     binds = []
-    for path, writable in [(p, False) for p in cfg["expose_ro"]] + [(cfg["workdir"], True)]:
+    exposed = [(p, False) for p in cfg["expose_ro"]] + [(p, True) for p in cfg.get("expose_rw", [])]
+    for path, writable in [*exposed, (cfg["workdir"], True)]:
         if any(_under(m, path) for m in masks):
             notes["expose"] = notes.get("expose", "") + f"{path}: would unmask a private directory, skipped; "
             continue
@@ -179,6 +180,8 @@ def _worker_stage(cfg: dict, iso: dict, notes: dict, facts: dict, forked: bool, 
             notes["uid_drop"] = str(exc)
     elif uid is not None and os.getuid() == uid and cfg["dropped_early"]:
         iso["uid_drop"] = True
+    if not forked:
+        _tie_to_parent(cfg)
     if life_fd is not None:
         kernel.set_parent_death_signal(signal.SIGKILL)
         os.set_blocking(life_fd, False)
@@ -227,6 +230,18 @@ def _worker_stage(cfg: dict, iso: dict, notes: dict, facts: dict, forked: bool, 
         os.execve(cfg["python"], cfg["argv"], cfg["env"])
     except OSError as exc:
         os.write(2, f"apt-sandbox: cannot exec worker: {exc}\n".encode())
+        os._exit(EXIT_FATAL)
+
+
+def _tie_to_parent(cfg: dict) -> None:
+    """Die with the parent when it asked for it; set after the last credential change, which clears it."""
+    parent = cfg.get("parent_pid")
+    if parent is None:
+        return
+    from apt_sandbox import isolation as kernel
+
+    kernel.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
         os._exit(EXIT_FATAL)
 
 
@@ -287,6 +302,7 @@ def main(argv: list[str]) -> None:
         _status({"pid": os.getpid()})
         _worker_stage(cfg, iso, notes, facts, forked=False, life_fd=None)
         return
+    _tie_to_parent(cfg)
     life_r, life_w = os.pipe()
     pid = os.fork()
     if pid == 0:

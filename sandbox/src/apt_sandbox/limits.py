@@ -80,3 +80,12 @@ class Limits:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Validating a plugin (import, contract check, self-test): ``import torch`` maps far more address
+#: space than it touches and a self-test on a loaded two-core machine takes a while (about 6 s and
+#: well under 4 GiB measured for apt-plugin-moe), so these leave a wide margin without letting a
+#: runaway plugin hang an install or a publish.
+PLUGIN_VALIDATION = Limits(memory_mb=8192, cpu_seconds=120, wall_seconds=180.0)
+#: One pure data hook (a vote): JSON in, JSON out, small.
+DATA_HOOK = Limits(memory_mb=2048, cpu_seconds=60, wall_seconds=120.0)

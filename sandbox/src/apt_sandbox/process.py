@@ -23,6 +23,7 @@ import socket
 import subprocess
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +185,44 @@ def remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
+@dataclass
+class Grant:
+    """A host directory handed to a sandbox uid; ``restore`` gives the tree back to its owner."""
+
+    path: str
+    uid: int
+    gid: int
+
+    def restore(self) -> None:
+        _chown_tree(self.path, self.uid, self.gid)
+
+
+def _chown_tree(path: str, uid: int, gid: int) -> None:
+    """``lchown`` everything under ``path`` (links are never followed, so nothing outside is touched)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path, followlinks=False):
+        for name in (*dirs, *files):
+            with contextlib.suppress(FileNotFoundError):
+                os.lchown(os.path.join(root, name), uid, gid)
+
+
+def grant_tree(path: str, uid: int, *, sandbox_uids: range) -> Grant:
+    """Make ``path`` writable to ``uid`` the only way a dropped uid can write: by owning it.
+
+    The jail's uid is fresh per sandbox, so a directory a previous (killed)
+    sandbox kept is simply taken over again and later given to this process's
+    user; otherwise the directory's own owner is recorded, and every file gets
+    it back at teardown.
+    """
+    st = os.lstat(path)
+    owner = Grant(path, st.st_uid, st.st_gid)
+    if st.st_uid in sandbox_uids:
+        owner = Grant(path, os.geteuid(), os.getegid())
+    _chown_tree(path, uid, uid)
+    return owner
+
+
 class SandboxProcess:
     """One launcher + worker tree and the pipes to it."""
 
@@ -197,8 +236,12 @@ class SandboxProcess:
         output_cap: int,
         message_cap: int,
         cgroup: Cgroup | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
+        grants: list[Grant] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.on_output = on_output
+        self.grants = list(grants or [])
         self._sweep_uid = sweep_uid
         self.cgroup = cgroup
         self.output_cap = output_cap
@@ -297,6 +340,9 @@ class SandboxProcess:
             if not chunk:
                 self._unregister(fd)
                 return True
+            if self.on_output is not None:
+                self.on_output("stdout" if fd == self.out_r else "stderr", chunk)
+                continue
             room = self.output_cap - len(buf)
             buf += chunk[: max(room, 0)]
             if len(chunk) > room:
@@ -462,7 +508,7 @@ class SandboxProcess:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return Outcome("timeout")
-                wait = min(remaining, CPU_POLL_S) if track_cpu else remaining
+                wait = min(remaining, CPU_POLL_S) if track_cpu else min(remaining, 3600.0)
                 if self.pidfd is None:
                     wait = min(wait, 0.05)
                 events = self.sel.select(wait)
@@ -541,6 +587,12 @@ class SandboxProcess:
             return os.pidfd_open(self.worker_pid)
         except (AttributeError, OSError):
             return None
+
+    def interrupt(self) -> None:
+        """Send SIGINT to the sandboxed worker (a Ctrl-C passed on), never to anything outside the jail."""
+        if self.worker_pid is not None and self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.kill(self.worker_pid, signal.SIGINT)
 
     def kill_descendants(self) -> int:
         """Kill every process in the sandbox but the launcher and the worker; returns how many.
@@ -622,4 +674,9 @@ class SandboxProcess:
             remove_tree(self.workdir)
         except OSError as exc:
             problems.append(f"work dir: {exc}")
+        for grant in self.grants:
+            try:
+                grant.restore()
+            except OSError as exc:
+                problems.append(f"giving {grant.path} back: {exc}")
         self.teardown_error = "; ".join(problems) or None

@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from apt_sandbox import cgroups
@@ -20,7 +20,7 @@ from apt_sandbox.codec import DecodeError, decode, encode
 from apt_sandbox.ipc import Message, pack
 from apt_sandbox.isolation import LAYERS
 from apt_sandbox.limits import MIB, Limits
-from apt_sandbox.process import Outcome, SandboxProcess, remove_tree
+from apt_sandbox.process import Grant, Outcome, SandboxProcess, grant_tree, remove_tree
 from apt_sandbox.result import IsolationError, Result, SandboxError, Status
 
 if TYPE_CHECKING:
@@ -69,7 +69,11 @@ class Sandbox:
     script directory and working directory (see ``default_python_path``), so
     the child imports what the parent's installed packages can; ``expose``
     adds read-only paths that would otherwise be hidden by the private
-    ``/tmp`` and home masks.
+    ``/tmp`` and home masks.  ``writable`` directories are bound back read-write
+    (a training run's directory, a cache); as root they are handed to the
+    sandbox's uid for the sandbox's life and given back to their owner at
+    teardown.  ``die_with_parent`` ties the jail to this process: if it dies,
+    even from SIGKILL, the kernel kills the launcher and with it the jail.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         user_namespace: bool | None = None,
         python: str | None = None,
+        writable: Iterable[str | os.PathLike[str]] = (),
+        die_with_parent: bool = False,
     ) -> None:
         self.limits = limits or Limits()
         self.network = network
@@ -97,6 +103,11 @@ class Sandbox:
         self.python = python or sys.executable
         self.python_path = _existing(default_python_path() if python_path is None else python_path)
         self.expose = [os.path.abspath(os.fspath(p)) for p in expose]
+        self.writable = [os.path.abspath(os.fspath(p)) for p in writable]
+        for path in self.writable:
+            if not os.path.isdir(path):
+                raise ValueError(f"writable path {path!r} must be an existing directory")
+        self.die_with_parent = die_with_parent
         self.env = dict(env or {})
         self.user_namespace = (os.geteuid() != 0) if user_namespace is None else user_namespace
 
@@ -144,6 +155,8 @@ class Sandbox:
             "rlimits": self.limits.rlimits(worker=(mode == "serve")),
             "masks": self._masks(),
             "expose_ro": self._exposed(),
+            "expose_rw": self.writable,
+            "parent_pid": os.getpid() if self.die_with_parent else None,
             "tmpfs_bytes": max(self.limits.file_size_mb, 16) * MIB,
             "workdir_bytes": self.limits.workdir_mb * MIB,
             "require": list(self.require),
@@ -168,13 +181,22 @@ class Sandbox:
         cfg["cgroup_note"] = f"v{group.version} {shown} (memory counts shmem, memfd and tmpfs; pids include the launcher)"
         return group
 
-    def _spawn(self, mode: str, *, probe: bool = False) -> SandboxProcess:
+    def _spawn(
+        self,
+        mode: str,
+        *,
+        probe: bool = False,
+        on_output: Callable[[str, bytes], None] | None = None,
+    ) -> SandboxProcess:
         uid = None
         if os.geteuid() == 0 and "uid_drop" not in self.disable:
             uid = UID_BASE + secrets.randbelow(UID_SPAN)
         workdir = tempfile.mkdtemp(prefix="apt-sandbox-")
         group: cgroups.Cgroup | None = None
+        grants: list[Grant] = []
         try:
+            if uid is not None:
+                grants = [grant_tree(path, uid, sandbox_uids=SANDBOX_UIDS) for path in self.writable]
             for sub in ("home", "tmp"):
                 os.mkdir(os.path.join(workdir, sub), 0o700)
                 if uid is not None:
@@ -194,11 +216,15 @@ class Sandbox:
                 output_cap=self.limits.output_kb * 1024,
                 message_cap=self.limits.message_mb * MIB,
                 cgroup=group,
+                on_output=on_output,
+                grants=grants,
             )
         except BaseException:
             if group is not None:
                 group.remove()
             remove_tree(workdir)
+            for g in grants:
+                g.restore()
             raise
 
     # --- requests and results ---
@@ -319,18 +345,40 @@ class Sandbox:
 
     # --- public API ---
 
-    def call(self, target: str, args: Any = _MISSING, *, tensors: Mapping[str, Any] | None = None) -> Result:
-        """Run ``target(args)`` (``target(args, tensors=...)`` with tensors) in a fresh process."""
+    def call(
+        self,
+        target: str,
+        args: Any = _MISSING,
+        *,
+        tensors: Mapping[str, Any] | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
+        forward_interrupt: bool = False,
+    ) -> Result:
+        """Run ``target(args)`` (``target(args, tensors=...)`` with tensors) in a fresh process.
+
+        ``on_output(stream, chunk)`` receives the child's stdout/stderr as it is
+        written (``stream`` is ``"stdout"`` or ``"stderr"``), uncapped and not kept
+        in the result: a long job's log reaches the terminal live.  With
+        ``forward_interrupt`` the first Ctrl-C is passed on to the sandboxed code as
+        SIGINT (so it can save its state and answer); a second one kills the jail.
+        """
         message = self._request(target, args, tensors)
         started = time.monotonic()
         try:
-            proc = self._spawn("once")
+            proc = self._spawn("once", on_output=on_output)
         except BaseException:
             message.close()
             raise
         try:
             cpu = None if self.limits.cpu_seconds is None else float(self.limits.cpu_seconds)
-            outcome = proc.exchange(message, started + self.limits.wall_seconds, cpu_limit=cpu, fresh=True)
+            deadline = started + self.limits.wall_seconds
+            try:
+                outcome = proc.exchange(message, deadline, cpu_limit=cpu, fresh=True)
+            except KeyboardInterrupt:
+                if not forward_interrupt or proc.worker_pid is None:
+                    raise
+                proc.interrupt()
+                outcome = proc.exchange(None, deadline, cpu_limit=cpu)
             result = self._result(proc, outcome, started)
         finally:
             proc.close()

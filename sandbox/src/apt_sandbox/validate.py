@@ -12,7 +12,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from apt_sandbox.limits import Limits
+from apt_sandbox.limits import PLUGIN_VALIDATION, Limits
 
 GROUPS = ("apt.providers", "apt.plugins")
 _DETAIL_CAP = 20_000
@@ -109,7 +109,7 @@ def validate_plugin(
     site = os.path.abspath(os.fspath(site_dir))
     if not os.path.isdir(site):
         raise FileNotFoundError(f"site_dir {site!r} is not a directory")
-    sb = Sandbox(limits or Limits(), expose=[site])
+    sb = Sandbox(limits or PLUGIN_VALIDATION, expose=[site])
     res = sb.call("apt_sandbox.validate:inspect_distribution", {"site_dir": site, "distribution": distribution})
     iso = dict(res.isolation)
     if res.status != "ok":

@@ -23,6 +23,7 @@ BUILTIN = {
     "train": ("apt.cli.run", "train a model from a profile"),
     "generate": ("apt.cli.generate", "sample text, optionally with retrieval and voting"),
     "eval": ("apt.cli.run", "loss and perplexity of a checkpoint on a file"),
+    "serve": ("apt.cli.serve", "serve a checkpoint over HTTP (OpenAI completions, streaming)"),
     "plugin": ("apt.cli.plugins", "list and inspect installed providers"),
     "plugin-list": ("apt.cli.plugins", "same as: apt plugin list"),
     "plugin-info": ("apt.cli.plugins", "same as: apt plugin info"),
@@ -31,7 +32,8 @@ BUILTIN = {
 
 #: Commands of first-party packages, so that a missing one's error says what to install.
 PACKAGES = {"market": "apt-marketplace", "sandbox": "apt-sandbox", "index": "apt-plugin-retriever",
-            "quantize": "apt-plugin-quant", "export": "apt-plugin-quant"}
+            "quantize": "apt-plugin-quant", "export": "apt-plugin-quant", "tune": "apt-plugin-tune",
+            "report": "apt-plugin-report", "tokenizer": "apt-plugin-bpe"}
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from apt import jail
 from apt.cli import ArgumentParser
 from apt.cli.run import checkpoint_args
 from apt.config import parse_assignments
 from apt.errors import AptError, ConfigError
+from apt.home import apt_home
 from apt.registry import DEFAULTS, default_registry
 
 log = logging.getLogger("apt")
@@ -30,7 +32,13 @@ def run(command: str, argv: Sequence[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="apt generate", description="sample text from a checkpoint")
     checkpoint_args(p)
-    p.add_argument("--prompt", default="\n")
+    p.add_argument("--prompt", help="text to continue (default: a newline)")
+    p.add_argument("--prompt-file", type=Path, metavar="FILE",
+                   help="continue every line of FILE (one prompt per line), --batch at a time")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="with --prompt-file: prompts decoded together (default 8); output equals one by one")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context for every token instead of using the KV cache (same output)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 decodes greedily")
     p.add_argument("--top-k", type=int, default=200, help="sample among the K most likely tokens")
@@ -55,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
 
 def generate(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
+    plan = jail.plan_generate(args)
+    if plan is not None and jail.decide("generate", plan[0], None):
+        return jail.run("generate", argv, readable=plan[1], writable=[apt_home() / "cache"], args=args,
+                        untrusted=plan[0])
+    if args.prompt_file is not None:
+        return _generate_file(args)
+    if args.prompt is None:
+        args.prompt = "\n"
     if args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
         raise AptError("--max-new-tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
     if args.passages < 1:
@@ -100,7 +116,7 @@ def generate(argv: Sequence[str]) -> int:
                 f"{loaded.state.get('providers', {}).get('align', {}).get('name', '')}".rstrip())
 
     common = dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k, seed=args.seed, device=args.device,
-                  stop=args.stop, evidence=evidence)
+                  stop=args.stop, evidence=evidence, use_cache=not args.no_cache)
     if args.vote is None:
         text = sample(model, tokenizer, prompt, temperature=args.temperature, **common)[0].text
     else:
@@ -112,6 +128,40 @@ def generate(argv: Sequence[str]) -> int:
         if args.index is not None or args.vote is not None:
             print("---")
         print(args.prompt + text)
+    return 0
+
+
+def _generate_file(args: argparse.Namespace) -> int:
+    """``--prompt-file``: every line continued as ``--prompt LINE`` would continue it, ``--batch`` together."""
+    if args.prompt is not None:
+        raise AptError("give --prompt or --prompt-file, not both")
+    if args.index is not None or args.vote is not None:
+        raise AptError("--prompt-file generates plain samples: --index and --vote take one --prompt")
+    if args.batch < 1 or args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
+        raise AptError("--batch must be >= 1, --max-new-tokens >= 0, --top-k >= 1 and --temperature >= 0")
+    try:
+        prompts = args.prompt_file.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise AptError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise AptError(f"--prompt-file {args.prompt_file} is not UTF-8 text") from None
+    if not prompts:
+        raise AptError(f"--prompt-file {args.prompt_file} has no lines")
+
+    from apt.checkpoint import load_model
+    from apt.generate import sample_many
+
+    loaded = load_model(args.checkpoint, device=args.device)
+    completions = sample_many(loaded.model, loaded.tokenizer, prompts, batch_size=args.batch,
+                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              seed=args.seed, stop=args.stop, use_cache=not args.no_cache, device=args.device)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "text": completion.text}))
+        else:
+            if i:
+                print("---")
+            print(prompt + completion.text)
     return 0
 
 

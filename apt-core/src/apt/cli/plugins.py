@@ -17,6 +17,7 @@ from apt.cli import ArgumentParser
 from apt.errors import AptError
 from apt.providers import KINDS
 from apt.registry import ProviderInfo, default_registry
+from apt.trust import TrustStore, is_trusted
 
 
 def run(command: str, argv: Sequence[str]) -> int:
@@ -51,14 +52,21 @@ def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def describe(info: ProviderInfo) -> dict[str, Any]:
+def describe(info: ProviderInfo, store: TrustStore) -> dict[str, Any]:
+    """A provider's listing record; an untrusted distribution's code is never imported to make it."""
     registry = default_registry()
-    problem = registry.problem(info)
     record: dict[str, Any] = {"kind": info.kind, "name": info.name, "version": info.version,
                               "distribution": info.distribution, "default": info.default,
-                              "entry_point": info.value, "status": "broken" if problem else "ok",
-                              "reason": problem, "config": []}
-    if problem is None:
+                              "entry_point": info.value, "status": "ok", "reason": None, "config": []}
+    if not is_trusted(info.distribution, store):
+        record["status"] = "untrusted"
+        record["reason"] = (f"not imported here: {info.distribution} runs only inside apt-sandbox "
+                            f"(apt market trust {info.distribution} to inspect it in this process)")
+        return record
+    problem = registry.problem(info)
+    if problem is not None:
+        record["status"], record["reason"] = "broken", problem
+    else:
         cls = registry.load(info.kind, info.name)
         record["summary"] = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         record["switch"] = cls.switch
@@ -72,7 +80,8 @@ def _default(value: Any) -> Any:
 
 
 def list_providers(args: argparse.Namespace) -> int:
-    records = [describe(i) for i in default_registry().infos(args.kind)]
+    store = TrustStore()
+    records = [describe(i, store) for i in default_registry().infos(args.kind)]
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -82,9 +91,9 @@ def list_providers(args: argparse.Namespace) -> int:
     rows = [("KIND", "NAME", "VERSION", "DISTRIBUTION", "DEFAULT", "STATUS", "CONFIG")]
     for r in records:
         config = " ".join(f"{c['name']}={_show(c['default'])}" for c in r["config"])
-        status = "ok" if r["status"] == "ok" else f"broken: {r['reason']}"
+        status = "ok" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         rows.append((r["kind"], r["name"], r["version"], r["distribution"], "yes" if r["default"] else "",
-                     status if r["status"] != "ok" else "ok", config if r["status"] == "ok" else ""))
+                     status, config if r["status"] == "ok" else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
@@ -98,16 +107,17 @@ def info(args: argparse.Namespace) -> int:
         known = ", ".join(i.name for i in registry.infos(args.kind)) or "none"
         raise AptError(f"no {args.kind} provider named {args.name!r} is installed (installed: {known}); "
                        f"see apt plugin list")
-    record = describe(found)
+    record = describe(found, TrustStore())
+    code = 1 if record["status"] == "broken" else 0
     if args.json:
         print(json.dumps(record, indent=2))
-        return 0 if record["status"] == "ok" else 1
+        return code
     print(f"{record['kind']}.{record['name']}  {record['distribution']} {record['version']}"
           + ("  (default)" if record["default"] else ""))
     print(f"entry point: {record['entry_point']}")
     if record["status"] != "ok":
-        print(f"status: broken: {record['reason']}")
-        return 1
+        print(f"status: {record['status']}: {record['reason']}")
+        return code
     if record["summary"]:
         print(record["summary"])
     if record["switch"]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from apt import jail
 from apt.cli import ArgumentParser
 from apt.errors import AptError
+from apt.home import apt_home
 
 
 def run(command: str, argv: Sequence[str]) -> int:
@@ -15,31 +19,95 @@ def run(command: str, argv: Sequence[str]) -> int:
 
 
 def train(argv: Sequence[str]) -> int:
+    from apt import distributed
+
+    return int(distributed.recorded(_train)(argv) or 0)
+
+
+def _train(argv: Sequence[str]) -> int:
+    from apt import distributed
     from apt.profile import load_profile, split_seed_flags
 
     rest, seed_sets = split_seed_flags(argv)
     p = ArgumentParser(prog="apt train", description="train a model from a profile")
-    p.add_argument("-p", "--profile", required=True, help="YAML file, or the name of a shipped profile")
+    p.add_argument("-p", "--profile", nargs="?", action=_ProfileOrProfiler, default=None, metavar="PROFILE",
+                   help="YAML file, or the name of a shipped profile; --profile with no value (after -p PROFILE) "
+                        "times hooks per plugin and providers' forward/backward, and writes RUN_DIR/trace.json")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a profile value (repeatable); --model.attention_name X also works")
     p.add_argument("--resume", default="none", metavar="auto|PATH|none",
-                   help="auto: continue from the run directory's latest checkpoint")
+                   help="auto: continue from the run directory's newest checkpoint that verifies "
+                        "(step-*.pt or best.pt; damaged ones are skipped with a warning)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that already holds checkpoints or metrics (deletes them)")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back to another provider")
     p.add_argument("--dry-run", action="store_true", help="validate, print the model size and epoch plan, exit")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N local ranks (DDP; gloo on CPU, NCCL on CUDA) under torch's elastic agent; "
+                        "a failing rank stops them all and is named in one summary")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                   help="with --nproc: restart the group up to N times after a rank dies, resuming from the "
+                        "last checkpoint (--resume auto)")
+    p.set_defaults(profiler=False)
+    jail.add_flags(p)
     args = p.parse_args(rest)
+    if args.profile is None:
+        p.error("the following arguments are required: -p/--profile PROFILE")
+    plan = jail.plan_training(args.profile, [*args.sets, *seed_sets])
+    if plan is not None and jail.decide("train", plan.untrusted, args.sandbox):
+        readable, writable = plan.grants()
+        return jail.run("train", argv, readable=readable, writable=writable, args=args, untrusted=plan.untrusted)
     profile = load_profile(args.profile, [*args.sets, *seed_sets])
+    if args.nproc < 1 or args.max_restarts < 0:
+        p.error("--nproc must be at least 1 and --max-restarts at least 0")
     if args.dry_run:
-        return _dry_run(profile, args.strict)
+        return _dry_run(profile, args.strict, args.nproc)
+    if args.max_restarts and args.nproc == 1 and not distributed.under_elastic():
+        p.error("--max-restarts restarts a group of ranks: give --nproc N (N >= 2) as well")
+    if args.nproc > 1 and not distributed.under_elastic():
+        import torch
+
+        cuda = profile.train.device.startswith("cuda") or (profile.train.device == "auto"
+                                                           and torch.cuda.is_available())
+        distributed.launch(argv, nproc=args.nproc, max_restarts=args.max_restarts,
+                           log_dir=profile.run_dir / "elastic", cuda=cuda)
+        print(f"done: {args.nproc} ranks finished | run dir {profile.run_dir}")
+        return 0
+    resume, overwrite = args.resume, args.overwrite
+    if distributed.restart_count():
+        resume, overwrite = "auto", False
 
     from apt.trainer import Trainer
 
-    result = Trainer(profile, strict=args.strict, resume=args.resume).run()
+    trainer = Trainer(profile, strict=args.strict, resume=resume, overwrite=overwrite)
+    if args.profiler:
+        from apt.profiler import StepProfiler
+
+        trainer.profiler = StepProfiler(trainer)
+    result = trainer.run()
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     print(f"done: {result.stop_reason} at step {result.step} | best val loss {best} | run dir {result.run_dir}")
     return 0
 
 
-def _dry_run(profile, strict: bool) -> int:
+class _ProfileOrProfiler(argparse.Action):
+    """``-p NAME`` and ``--profile NAME`` name the profile, as they always have; a bare ``--profile``
+    (what the profiling flag of other tools looks like) turns the profiler on instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if values is None and option_string == "--profile":
+            namespace.profiler = True
+        elif values is None:
+            parser.error(f"{option_string}: expected a profile name or YAML file")
+        elif namespace.profile is not None:
+            parser.error(f"two profiles given ({namespace.profile!r} and {values!r}); "
+                         f"to profile the run, put --profile without a value after -p {namespace.profile}")
+        else:
+            namespace.profile = values
+
+
+def _dry_run(profile, strict: bool, nproc: int = 1) -> int:
     import torch
 
     from apt.data import load_corpus
@@ -63,7 +131,31 @@ def _dry_run(profile, strict: bool) -> int:
                          for k, v in schedule.snapshot().items())
         last = min(epoch * per_epoch, t.max_iters)
         print(f"  epoch {epoch}: steps {schedule.step + 1}-{last}" + (f"  {shown}" if shown else ""))
+    if nproc > 1:
+        for line in memory_table(built.model, nproc):
+            print(line)
     return 0
+
+
+def memory_table(model: Any, nproc: int) -> list[str]:
+    """Per-rank memory of the fp32 training state on ``nproc`` ranks: DDP keeps a full copy of
+    weights, gradients and AdamW's two moments on every rank, FSDP (one shard per block) divides
+    all of them by the rank count and briefly gathers one block's weights at a time. Activations
+    are left out: they depend on the batch, not on the parallelism."""
+    total = sum(p.numel() for p in model.parameters())
+    largest = max((sum(p.numel() for p in block.parameters()) for block in model.blocks), default=0)
+    shard = -(-total // nproc)
+
+    def gib(count: int) -> str:
+        return f"{count * 4 / 2**30:.3f} GiB"
+
+    rows = [("DDP", total, total, 2 * total, 4 * total),
+            ("FSDP", shard, shard, 2 * shard, 4 * shard + largest)]
+    lines = [f"memory per rank on {nproc} ranks (fp32 weights, gradients, AdamW moments; no activations):",
+             f"  {'':<5} {'weights':>12} {'gradients':>12} {'optimizer':>12} {'peak':>12}"]
+    lines += [f"  {name:<5} {gib(w):>12} {gib(g):>12} {gib(o):>12} {gib(peak):>12}" for name, w, g, o, peak in rows]
+    lines.append(f"  FSDP peak adds one gathered block ({largest:,} parameters)")
+    return lines
 
 
 def checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -78,10 +170,14 @@ def evaluate(argv: Sequence[str]) -> int:
     p.add_argument("--format", choices=["auto", "text", "jsonl"], default="auto")
     p.add_argument("--jsonl-field", default="text")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    jail.add_flags(p)
     args = p.parse_args(argv)
+    untrusted = jail.plan_checkpoint(args.checkpoint)
+    if untrusted is not None and jail.decide("eval", untrusted, args.sandbox):
+        return jail.run("eval", argv, readable=[Path(args.checkpoint), Path(args.data)],
+                        writable=[apt_home() / "cache"], args=args, untrusted=untrusted)
 
     import math
-    from pathlib import Path
 
     import numpy as np
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from apt.testing.distribution import make_distribution
 
-__all__ = ["DIMS", "ProviderContract", "check_provider", "make_distribution", "tiny_model"]
+__all__ = ["DIMS", "ProviderContract", "check_kv_cache", "check_provider", "make_distribution", "tiny_model"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: the contract imports the registry and ProviderContract imports pytest.
-    if name in ("DIMS", "check_provider", "tiny_model"):
+    if name in ("DIMS", "check_kv_cache", "check_provider", "tiny_model"):
         from apt.testing import contract
 
         return getattr(contract, name)
@@ -35,5 +35,5 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from apt.testing.contract import DIMS, check_provider, tiny_model
+    from apt.testing.contract import DIMS, check_kv_cache, check_provider, tiny_model
     from apt.testing.pytest_plugin import ProviderContract

@@ -39,7 +39,9 @@ from apt.providers import (
     QuantProvider,
     RetrieverProvider,
     RouterProvider,
+    SupportsKVCache,
     Switchable,
+    TokenizerProvider,
     VoterProvider,
     check_provider_class,
 )
@@ -56,8 +58,15 @@ DIMS = (
     ModelDims(n_layer=1, n_head=4, d_model=64, block_size=8, vocab_size=7),
     ModelDims(n_layer=3, n_head=1, d_model=48, block_size=12, vocab_size=5),
 )
-_BUILTINS = {"attention.sdpa": "apt.builtin.providers:SDPAProvider", "ffn.dense": "apt.builtin.providers:DenseFFNProvider"}
+_BUILTINS = {"attention.sdpa": "apt.builtin.providers:SDPAProvider", "ffn.dense": "apt.builtin.providers:DenseFFNProvider",
+             "tokenizer.char": "apt.tokenizers:CharProvider", "tokenizer.byte": "apt.tokenizers:ByteProvider"}
 _CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
+#: Text a tokenizer is trained on (with the corpus) and must round-trip: accents, CJK, emoji, combining marks.
+UNICODE_TEXT = "Grüße aus Köln — naïve café; 東京の夜 🙂👍🏽 e\u0301 ∑x² «quoted»\n"
+#: Text no tokenizer saw in training: encoded whole where ``encodable`` keeps it whole.
+UNSEEN_TEXT = "Zebras ǅ ⟨ψ|φ⟩ 🚀 Ωmega\tend"
+#: Kinds the trainer uses directly (model parts, and the tokenizer through data.tokenizer).
+TRAINED_KINDS = (*MODEL_KINDS, "tokenizer")
 
 
 def check_provider(provider: type[Provider], options: Mapping[str, Any] | None = None,
@@ -68,7 +77,7 @@ def check_provider(provider: type[Provider], options: Mapping[str, Any] | None =
     check_config_fields(provider)
     check_self_test(provider, options)
     check_behaviour(provider, options, dims)
-    if provider.kind in MODEL_KINDS:
+    if provider.kind in TRAINED_KINDS:
         check_trains(provider, options)
 
 
@@ -77,12 +86,16 @@ def check_behaviour(provider: type[Provider], options: Mapping[str, Any] | None 
     """What the provider builds does its kind's job: modules for model parts, the service object otherwise."""
     if provider.kind in MODEL_KINDS:
         check_modules(provider, options, dims)
+        if provider.kind == "attention":
+            check_cached_generation(provider, options)
     elif issubclass(provider, RetrieverProvider):
         check_retriever(provider, options)
     elif issubclass(provider, VoterProvider):
         check_voter(provider, options)
     elif issubclass(provider, QuantProvider):
         check_quant(provider, options)
+    elif issubclass(provider, TokenizerProvider):
+        check_tokenizer(provider, options)
 
 
 def check_torch_free_import(provider: type[Provider]) -> None:
@@ -131,7 +144,7 @@ def check_self_test(provider: type[Provider], options: Mapping[str, Any] | None 
 def check_modules(provider: type[Provider], options: Mapping[str, Any] | None = None,
                   dims: tuple[ModelDims, ...] = DIMS) -> None:
     """Built modules: shapes, finite forward and backward, determinism, state-dict and ``torch.save``
-    round trips, causality, and the capabilities they declare."""
+    round trips, causality, and the capabilities they declare (a KV cache: :func:`check_kv_cache`)."""
     import torch
 
     instance = _instance(provider, options)
@@ -166,6 +179,39 @@ def check_modules(provider: type[Provider], options: Mapping[str, Any] | None = 
                 module.enabled = True
 
 
+def check_cached_generation(provider: type[Provider], options: Mapping[str, Any] | None = None,
+                            steps: int = 40) -> None:
+    """For an attention provider whose modules are :class:`apt.SupportsKVCache`: a tiny model decodes
+    ``steps`` tokens (past its block size of 16, so the window slides) with the cache and by full
+    recompute, for two rows of different lengths; every step's logits agree within 1e-5 and greedy
+    tokens are identical. Providers without the capability are skipped (generation recomputes)."""
+    import torch
+
+    from apt.generate import Decoder
+    from apt.model import ModelBuilder
+    from apt.profile import Profile
+
+    model_config: dict[str, Any] = {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16,
+                                    "attention": provider.name, "ffn": "dense"}
+    profile = cfg.build(Profile, {"model": model_config,
+                                  "providers": {provider.kind: {provider.name: dict(options or {})}}})
+    torch.manual_seed(0)
+    model = ModelBuilder(profile, 13, registry=_registry(provider), strict=True).build().model.eval()
+    if not model.supports_kv_cache():
+        return
+    cached, full = Decoder(model, 2), Decoder(model, 2, use_cache=False)
+    prompts = [[1, 2, 3], [(5 * i) % 13 for i in range(20)]]
+    with torch.no_grad():
+        a, b = cached.start([0, 1], prompts), full.start([0, 1], prompts)
+        for step in range(steps):
+            error = (a - b).abs().max().item()
+            assert error <= 1e-5, (f"{provider.__name__}: cached logits differ from full recompute by {error:.2e} "
+                                   f"at step {step}")
+            tokens = a.argmax(dim=-1).tolist()
+            assert tokens == b.argmax(dim=-1).tolist(), f"{provider.__name__}: greedy tokens differ at step {step}"
+            a, b = cached.step([0, 1], tokens), full.step([0, 1], tokens)
+
+
 def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = None, steps: int = 3) -> None:
     """The real trainer runs ``steps`` optimizer steps of a tiny model using the provider (hooks included)
     with finite losses, then writes a checkpoint that loads back."""
@@ -177,9 +223,14 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
         corpus = tmp / "corpus.txt"
         corpus.write_text(_CORPUS, encoding="utf-8")
         model: dict[str, Any] = {"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 16, "dropout": 0.1,
-                                 "attention": "sdpa", "ffn": "dense", provider.kind: provider.name}
+                                 "attention": "sdpa", "ffn": "dense"}
+        data: dict[str, Any] = {"train_path": str(corpus)}
+        if provider.kind == "tokenizer":
+            data["tokenizer"] = provider.name
+        else:
+            model[provider.kind] = provider.name
         profile = cfg.build(Profile, {
-            "name": "contract", "data": {"train_path": str(corpus)}, "model": model,
+            "name": "contract", "data": data, "model": model,
             "train": {"max_iters": steps, "batch_size": 2, "eval_interval": steps, "eval_iters": 1,
                       "warmup_iters": 1, "device": "cpu"},
             "checkpoint": {"dir": str(tmp / "run"), "every": steps},
@@ -189,7 +240,8 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
         })
         registry = _registry(provider)
         trainer = Trainer(profile, registry=registry, strict=True, echo=lambda _: None)
-        assert trainer.built.providers[provider.kind]["name"] == provider.name
+        if provider.kind != "tokenizer":
+            assert trainer.built.providers[provider.kind]["name"] == provider.name
         result = trainer.run()
         assert result.step == steps and result.stop_reason == "finished", result
         losses = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -197,7 +249,11 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
         assert len(step_losses) == steps and all(math.isfinite(v) for v in step_losses), (
             f"{provider.__name__}: training losses {step_losses} are not all finite")
         loaded = load_model(tmp / "run", registry=registry)
-        assert getattr(loaded.profile.model, provider.kind) == provider.name
+        if provider.kind == "tokenizer":
+            assert loaded.tokenizer.state() == trainer.tokenizer.state(), (
+                f"{provider.__name__}: the checkpoint does not bring back the tokenizer it was trained with")
+        else:
+            assert getattr(loaded.profile.model, provider.kind) == provider.name
 
 
 def check_retriever(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
@@ -276,6 +332,40 @@ def check_quant(provider: type[Provider], options: Mapping[str, Any] | None = No
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x).logits.float(), logits, atol=1e-6), (
             f"{provider.__name__}: restore() + load_state_dict does not reproduce the rewritten model")
+
+
+def check_tokenizer(provider: type[Provider], options: Mapping[str, Any] | None = None) -> None:
+    """Built from a corpus read lazily: ids lie in ``[0, vocab_size)``, text round-trips through
+    encode/decode (Unicode included) wherever ``encodable`` keeps it, text it cannot encode raises
+    :class:`AptError`, and the state is plain JSON that rebuilds the identical tokenizer."""
+    instance = _instance(provider, options)
+    assert isinstance(instance, TokenizerProvider)
+    tokenizer = instance.build(chunk for chunk in (_CORPUS, UNICODE_TEXT * 20))
+    name = provider.__name__
+    size = tokenizer.vocab_size
+    assert isinstance(size, int) and size > 0, f"{name}: vocab_size must be a positive int, got {size!r}"
+    for text in (_CORPUS[:300], UNICODE_TEXT, UNSEEN_TEXT, ""):
+        kept = tokenizer.encodable(text)
+        assert isinstance(kept, str), f"{name}: encodable() must return text"
+        ids = tokenizer.encode(kept)
+        assert all(isinstance(i, int) and 0 <= i < size for i in ids), f"{name}: ids of {kept!r} outside the vocabulary"
+        assert tokenizer.decode(ids) == kept, (f"{name}: decode(encode(text)) gives {tokenizer.decode(ids)!r} "
+                                               f"for {kept!r}")
+        if kept != text:
+            try:
+                tokenizer.encode(text)
+            except AptError:
+                continue
+            raise AssertionError(f"{name}: encode() of text that encodable() changes must raise AptError")
+    assert tokenizer.encodable(UNICODE_TEXT) == UNICODE_TEXT, (
+        f"{name}: cannot encode the Unicode text it was trained on")
+    state = tokenizer.state()
+    assert state.get("kind") == provider.name, (f"{name}: state()['kind'] must be the provider name "
+                                                f"{provider.name!r}, got {state.get('kind')!r}")
+    restored = instance.from_state(json.loads(json.dumps(state)))
+    assert restored.state() == state and restored.vocab_size == size, f"{name}: from_state(state()) is another tokenizer"
+    for text in (_CORPUS[:300], UNICODE_TEXT, tokenizer.encodable(UNSEEN_TEXT)):
+        assert restored.encode(text) == tokenizer.encode(text), f"{name}: the restored tokenizer encodes {text!r} differently"
 
 
 def tiny_model(vocab_size: int = 13, seed: int = 0) -> LanguageModel:
@@ -357,7 +447,62 @@ def _check_block_module(module: nn.Module, d: ModelDims, name: str, *, causal: b
         if isinstance(module, HasInferenceForm):
             form = module.inference_form().eval()
             assert torch.allclose(form(x), y, atol=1e-5), f"{name}: inference_form() does not match forward"
+            if isinstance(form, SupportsKVCache):
+                check_kv_cache(form, d, f"{name}, inference form")
+        if isinstance(module, SupportsKVCache):
+            check_kv_cache(module, d, name)
     module.train()
+
+
+def check_kv_cache(module: nn.Module, d: ModelDims, name: str = "module") -> None:
+    """A :class:`apt.SupportsKVCache` module's cached outputs equal its full forward (eval, within 1e-5): a
+    prefill then one token per step, rows of different lengths (right-padded prefill, masked steps),
+    a call feeding only some rows, and a row restarted shorter over stale keys."""
+    import torch
+
+    from apt.kvcache import KVCache
+
+    assert isinstance(module, SupportsKVCache)
+    gen = torch.Generator().manual_seed(2)
+    was_training = module.training
+    module.eval()
+    T = d.block_size
+    x = torch.randn(2, T, d.d_model, generator=gen)  # (B, T, C)
+    with torch.no_grad():
+        full = module(x)
+
+        def same(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+            assert got.shape == want.shape, f"{name}: forward_cached {what} returned shape {tuple(got.shape)}"
+            error = (got - want).abs().max().item()
+            assert error <= 1e-5, f"{name}: forward_cached {what} differs from forward by {error:.2e}"
+
+        cache = KVCache(1, 2, T)
+        first = min(3, T - 1)
+        cache.prepare(None, [0, 0], first, x.device)
+        same(module.forward_cached(x[:, :first], cache.layers[0]), full[:, :first], f"prefilling {first} tokens")
+        for t in range(first, T):
+            cache.prepare(None, [t, t], 1, x.device)
+            same(module.forward_cached(x[:, t:t + 1], cache.layers[0]), full[:, t:t + 1], f"at position {t}")
+
+        short, long = 1, min(4, T - 2)
+        ragged = x[:, :long].clone()
+        ragged[0, short:] = torch.randn(long - short, d.d_model, generator=gen)
+        cache = KVCache(1, 2, T)
+        cache.prepare(None, [0, 0], long, x.device)
+        out = module.forward_cached(ragged, cache.layers[0])
+        same(out[0, :short], module(x[:1, :short])[0], "of the shorter row of a right-padded prefill")
+        same(out[1], full[1, :long], "of the longer row of a right-padded prefill")
+        cache.prepare(None, [short, long], 1, x.device)
+        out = module.forward_cached(torch.stack([x[0, short:short + 1], x[1, long:long + 1]]), cache.layers[0])
+        same(out[0], module(x[:1, :short + 1])[0, -1:], "of a row one token long among longer ones")
+        same(out[1], full[1, long:long + 1], "of a row at its own position")
+        cache.prepare([1], [long + 1], 1, x.device)
+        same(module.forward_cached(x[1:, long + 1:long + 2], cache.layers[0]), full[1:, long + 1:long + 2],
+             "feeding one row of two")
+        cache.prepare([1], [0], 2, x.device)
+        same(module.forward_cached(x[:1, :2], cache.layers[0]), full[:1, :2],
+             "of a row restarted over its stale keys")
+    module.train(was_training)
 
 
 def _check_aligner(module: nn.Module, d: ModelDims, name: str) -> None:

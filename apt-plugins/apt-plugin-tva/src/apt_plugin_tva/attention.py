@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apt import ModelDims
+from apt import LayerCache, ModelDims
 from apt_plugin_tva.provider import TVAConfig
 
 
@@ -52,6 +52,7 @@ class TriVeinAttention(nn.Module):
         self.lift = nn.Parameter(torch.empty(d_head, r))
         self.normal = nn.Parameter(torch.empty(s, d_head))
         self.normal_lift = nn.Parameter(torch.empty(d_head, s))
+        self._decoding_fold: tuple[tuple[tuple[int, int], ...], torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
         self.reset_veins()
 
     @torch.no_grad()
@@ -74,6 +75,28 @@ class TriVeinAttention(nn.Module):
         gate = (self._off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
         y = _attend(qr, kr, vr, vn, gate, r, s, self.kernel_dim, self.dropout if self.training else 0.0)
         return self.resid_dropout(F.linear(y, self._folded_out(), self.proj.bias))
+
+    def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """:class:`apt.SupportsKVCache`: the cache holds the padded vein keys and the gated vein + normal values."""
+        H, r, s = self.n_head, self.r, self.s
+        weight, bias, out = self._folded_for_decoding()
+        qr, kr, vr, vn = F.linear(x, weight, bias).split((H * r, H * r, H * r, H * s), dim=-1)
+        gate = (self._off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
+        y = _attend_cached(qr, kr, vr, vn, gate, r, s, self.kernel_dim, cache)
+        return self.resid_dropout(F.linear(y, out, self.proj.bias))
+
+    def _folded_for_decoding(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The folded projections, computed once per weight version: folding costs more than a one-token
+        step, and decoding runs without autograd, so the folded tensors need no graph back to the weights."""
+        if torch.is_grad_enabled():
+            weight, bias = self._folded_in()
+            return weight, bias, self._folded_out()
+        folded = (self.qkv.weight, self.qkv.bias, self.proj.weight, self.vein, self.lift, self.normal, self.normal_lift)
+        versions = tuple((p.data_ptr(), p._version) for p in folded if p is not None)
+        if self._decoding_fold is None or self._decoding_fold[0] != versions:
+            weight, bias = self._folded_in()
+            self._decoding_fold = (versions, weight, bias, self._folded_out())
+        return self._decoding_fold[1:]
 
     def _folded_in(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[V W_q; V W_k; V W_v; N (I - U V) W_v]`` per head: the input projection of width H (3r + s)."""
@@ -160,6 +183,14 @@ class FoldedTriVein(nn.Module):
         y = _attend(qr, kr, vr, vn, gate, r, s, self.kernel_dim, self.dropout if self.training else 0.0)
         return self.resid_dropout(self.out_proj(y))
 
+    def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """:class:`apt.SupportsKVCache`, as :meth:`TriVeinAttention.forward_cached`."""
+        H, r, s = self.n_head, self.r, self.s
+        qr, kr, vr, vn = self.in_proj(x).split((H * r, H * r, H * r, H * s), dim=-1)
+        gate = (self.off_plane_ratio(x) > self.tau).to(vn.dtype).unsqueeze(-1)
+        y = _attend_cached(qr, kr, vr, vn, gate, r, s, self.kernel_dim, cache)
+        return self.resid_dropout(self.out_proj(y))
+
     @torch.no_grad()
     def off_plane_ratio(self, x: torch.Tensor) -> torch.Tensor:
         """Relative off-plane error of every value vector (B, H, T), as TriVeinAttention computes it."""
@@ -184,6 +215,19 @@ def _attend(qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, vn: torch.Tens
     y = F.scaled_dot_product_attention(
         F.pad(qr, (0, pad_qk)), F.pad(kr, (0, pad_qk)), F.pad(torch.cat((vr, vn), dim=-1), (0, pad_qk - s)),
         dropout_p=dropout_p, is_causal=True, scale=1.0 / math.sqrt(r))
+    return y[..., : r + s].transpose(1, 2).reshape(B, T, H * (r + s))
+
+
+def _attend_cached(qr: torch.Tensor, kr: torch.Tensor, vr: torch.Tensor, vn: torch.Tensor, gate: torch.Tensor,
+                   r: int, s: int, kernel_dim: int, cache: LayerCache) -> torch.Tensor:
+    """:func:`_attend` for new positions over the cached ones: the same padded kernel operands, (B, T, H (r + s))."""
+    B, T, _ = qr.shape
+    H = gate.shape[1]
+    qr, kr, vr = (t.view(B, T, H, r).transpose(1, 2) for t in (qr, kr, vr))
+    vn = vn.view(B, T, H, s).transpose(1, 2) * gate
+    pad_qk = kernel_dim - r
+    y = cache.attend(F.pad(qr, (0, pad_qk)), F.pad(kr, (0, pad_qk)),
+                     F.pad(torch.cat((vr, vn), dim=-1), (0, pad_qk - s)), scale=1.0 / math.sqrt(r))
     return y[..., : r + s].transpose(1, 2).reshape(B, T, H * (r + s))
 
 

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from apt.home import apt_home
+
 from .errors import MarketClientError
 
-__all__ = ["DEFAULT_URL", "ClientConfig", "apt_home"]
+__all__ = ["DEFAULT_URL", "ClientConfig"]
 
 DEFAULT_URL = "http://127.0.0.1:8765"
-
-
-def apt_home() -> Path:
-    return Path(os.environ.get("APT_HOME") or "~/.apt").expanduser()
 
 
 @dataclass(frozen=True)

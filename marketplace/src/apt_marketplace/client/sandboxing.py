@@ -13,18 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from apt_sandbox import Limits, validate_plugin
+from apt_sandbox.limits import PLUGIN_VALIDATION
 
 from ..apx.errors import ApxError
 from ..apx.reader import WheelEntry
 
 __all__ = ["SandboxVerdict", "last_line", "unpack_wheel", "validate_in_sandbox"]
 
-#: `import torch` inside the sandbox maps far more address space than it touches, and a
-#: self-test on a loaded two-core machine can take a while: measured about 6 s and well under
-#: 4 GiB for apt-plugin-moe, so these leave a wide margin without letting a runaway plugin hang.
-SANDBOX_MEMORY_MB = 8192
-SANDBOX_CPU_SECONDS = 120
-SANDBOX_WALL_SECONDS = 180.0
 _MAX_WHEEL_UNPACKED = 512 << 20
 
 
@@ -79,9 +74,7 @@ class SandboxVerdict:
 
 
 def validate_in_sandbox(site: Path, name: str, limits: Limits | None = None) -> SandboxVerdict:
-    limits = limits or Limits(
-        memory_mb=SANDBOX_MEMORY_MB, cpu_seconds=SANDBOX_CPU_SECONDS, wall_seconds=SANDBOX_WALL_SECONDS
-    )
+    limits = limits or PLUGIN_VALIDATION
     with _working_directory_off_path():
         report = validate_plugin(site, name, limits)
     if report.ok:

@@ -57,7 +57,7 @@ class Settings:
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> Settings:
         """Lets `uvicorn --factory apt_marketplace.server.app:app_from_env` run without a wrapper script."""
-        home = Path(os.environ.get("APT_HOME", "~/.apt")).expanduser()
+        home = Path(os.environ.get("APT_HOME") or "~/.apt").expanduser()  # apt.home's rule; the server does not import apt
         root = data_dir or os.environ.get("APT_MARKET_DATA_DIR") or home / "market-server"
         max_upload = os.environ.get("APT_MARKET_MAX_UPLOAD_BYTES")
         checks = os.environ.get("APT_MARKET_CHECKS", "sandbox")

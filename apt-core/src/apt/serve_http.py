@@ -1,0 +1,208 @@
+"""The HTTP side of ``apt serve`` (FastAPI): OpenAI's completions shape over an :class:`apt.serve.Engine`.
+
+Imported only when a server starts, so FastAPI is needed only then (``apt-core[serve]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from apt.errors import AptError
+from apt.generate import Sampling, Sequence
+from apt.serve import MAX_CHOICES, RATE_WINDOW, Engine, Job
+
+log = logging.getLogger("apt")
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions``; ``top_k`` is an extension (as in vLLM), fields OpenAI has and APT does not are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | list[str] = ""
+    max_tokens: int | None = Field(16, ge=0, le=1_000_000)
+    temperature: float | None = Field(1.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    n: int | None = Field(1, ge=1, le=MAX_CHOICES)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    stream: bool | None = False
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def create_app(engine: Engine, model_name: str) -> FastAPI:
+    """The HTTP API over a started :class:`Engine`."""
+    created = int(time.time())
+    requests: collections.Counter[int] = collections.Counter()
+    app = FastAPI(title="apt serve", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, err: RequestError) -> JSONResponse:
+        requests[err.status] += 1
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"msg": "invalid request", "loc": ()}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        message = str(first.get("msg", "invalid request"))
+        if first.get("type") == "json_invalid":
+            message, loc = "the request body is not valid JSON", []
+        elif loc:
+            message = f"{loc[0]}: {message}"
+        requests[400] += 1
+        return JSONResponse(RequestError(400, message, loc[0] if loc else None).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, err: Exception) -> JSONResponse:
+        log.exception("request failed")
+        requests[500] += 1
+        return JSONResponse(RequestError(500, f"internal error: {type(err).__name__}", kind="server_error").body(),
+                            status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, **engine.gauges()}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "apt"}]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        g, c = engine.gauges(), engine.counters
+        lines = ["# HELP apt_serve_requests_total Completion requests answered, by HTTP status.",
+                 "# TYPE apt_serve_requests_total counter"]
+        lines += [f'apt_serve_requests_total{{code="{code}"}} {n}' for code, n in sorted(requests.items())]
+        for name, kind, value, doc in [
+            ("prompt_tokens_total", "counter", c["prompt_tokens"], "Prompt tokens received."),
+            ("generated_tokens_total", "counter", c["generated_tokens"], "Tokens generated."),
+            ("decode_steps_total", "counter", c["decode_steps"], "Batched decoding steps run."),
+            ("failed_batches_total", "counter", c["failed_batches"], "Decoding steps that failed."),
+            ("tokens_per_second", "gauge", g["tokens_per_second"], f"Tokens generated per second, last {RATE_WINDOW:g} s."),
+            ("queue_depth", "gauge", g["queue_depth"], "Sequences waiting for a free row."),
+            ("batch_size", "gauge", g["batch_size"], "Sequences in the running batch."),
+            ("mean_batch_size", "gauge", c["decode_rows"] / max(1, c["decode_steps"]), "Mean rows per step."),
+            ("max_batch", "gauge", g["max_batch"], "Rows of the batch (--max-batch)."),
+        ]:
+            lines += [f"# HELP apt_serve_{name} {doc}", f"# TYPE apt_serve_{name} {kind}", f"apt_serve_{name} {value:g}"]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        if body.model is not None and body.model != model_name:
+            raise RequestError(404, f"the model {body.model!r} does not exist; this server has {model_name!r}",
+                               "model", "model_not_found")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        n = body.n or 1
+        if not prompts:
+            raise RequestError(400, "prompt: give at least one prompt", "prompt")
+        if len(stops) > 4:
+            raise RequestError(400, "stop: at most 4 stop sequences", "stop")
+        if len(prompts) * n > MAX_CHOICES:
+            raise RequestError(400, f"n: prompts x n must be at most {MAX_CHOICES}, got {len(prompts) * n}", "n")
+        try:
+            encoded = [engine.tokenizer.encode(p) or [0] for p in prompts]
+        except AptError as err:
+            raise RequestError(400, f"prompt: {err}", "prompt") from None
+        sampling = Sampling(body.temperature if body.temperature is not None else 1.0, body.top_k,
+                            body.top_p if body.top_p is not None else 1.0)
+        seed = body.seed if body.seed is not None else secrets.randbits(62)
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens
+        sequences = [Sequence(ids, max_new_tokens=max_tokens, sampling=sampling, seed=seed + j, stop=stops)
+                     for ids in encoded for j in range(n)]
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+        def post(event: tuple[Any, ...]) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop closed under a shutdown: nobody is listening
+                job.cancelled = True
+
+        job = Job(sequences, post)
+        head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name}
+        usage = {"prompt_tokens": sum(len(ids) for ids in encoded)}
+        engine.submit(job)
+        requests[200] += 1
+        if body.stream:
+            return StreamingResponse(_stream(engine, job, events, head), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        texts = [""] * len(sequences)
+        reasons: list[str | None] = [None] * len(sequences)
+        try:
+            while None in reasons:
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        engine.cancel(job)
+                        requests[499] += 1
+                        return JSONResponse({}, status_code=499)
+                    continue
+                if event[0] == "error":
+                    raise RequestError(500, event[1], kind="server_error")
+                _, index, delta, reason = event
+                texts[index] += delta
+                reasons[index] = reason
+        finally:
+            if None in reasons:
+                engine.cancel(job)
+        completion_tokens = sum(len(seq.tokens) for seq in sequences)
+        return {**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason}
+                                    for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))],
+                "usage": {**usage, "completion_tokens": completion_tokens,
+                          "total_tokens": usage["prompt_tokens"] + completion_tokens}}
+
+    return app
+
+
+async def _stream(engine: Engine, job: Job, events: asyncio.Queue[tuple[Any, ...]],
+                  head: dict[str, Any]) -> AsyncIterator[str]:
+    """Server-Sent Events: one chunk per new piece of text, a last one per choice with its finish
+    reason, then ``data: [DONE]``. A client that goes away cancels this generator, which frees the rows."""
+    left = len(job.sequences)
+    try:
+        while left:
+            event = await events.get()
+            if event[0] == "error":
+                yield f"data: {json.dumps(RequestError(500, event[1], kind='server_error').body())}\n\n"
+                break
+            _, index, delta, reason = event
+            left -= reason is not None
+            chunk = {**head, "choices": [{"text": delta, "index": index, "logprobs": None, "finish_reason": reason}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        if left:
+            engine.cancel(job)
+
+
