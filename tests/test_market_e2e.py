@@ -205,7 +205,8 @@ def test_install_upgrade_refuse_and_rollback_offline(market, tmp_path, env) -> N
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert f"validated {PACKAGE} 1.0.0 in the sandbox: router.topk_moe ok" in installed.stdout
     router = _providers(python, env, tmp_path)["router.topk_moe"]
-    assert (router["version"], router["distribution"], router["status"]) == ("1.0.0", PACKAGE, "ok")
+    # a marketplace wheel is untrusted: listed from metadata, never imported in this process
+    assert (router["version"], router["distribution"], router["status"]) == ("1.0.0", PACKAGE, "untrusted")
     [row] = _installed(python, env, tmp_path)
     assert (row["name"], row["version"], row["status"], row["direct"]) == (PACKAGE, "1.0.0", "ok", True)
 
@@ -248,7 +249,7 @@ def test_install_upgrade_refuse_and_rollback_offline(market, tmp_path, env) -> N
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert f"rollback: {PACKAGE} 1.1.0 -> 1.0.0" in rolled.stdout
     router = _providers(python, env, tmp_path)["router.topk_moe"]
-    assert (router["version"], router["status"]) == ("1.0.0", "ok")
+    assert (router["version"], router["status"]) == ("1.0.0", "untrusted")
     assert [(r["version"], r["status"]) for r in _installed(python, env, tmp_path)] == [("1.0.0", "ok")]
     history = _history(python, env, tmp_path)
     assert [(h["action"], h["from"], h["to"], h["status"]) for h in history] == [
