@@ -223,14 +223,16 @@ def shipped_profiles() -> list[Path]:
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
-    """Read, override and validate a profile; raise :class:`ConfigError` located in file or flag."""
-    path = find_profile(name_or_path)
-    marks = _Marks(str(path))
+def read_profile(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """A profile file as data and as a YAML node tree (for line numbers), not yet validated.
+
+    For tools that add their own sections (``apt tune``'s ``search:``); a file that does not
+    read is one located line.
+    """
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
-        _mark_lines(yaml.compose(text, Loader=yaml.SafeLoader), marks)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except (OSError, UnicodeDecodeError) as err:
         raise AptError(f"cannot read profile {path}: {err}") from None
     except yaml.YAMLError as err:
@@ -240,6 +242,15 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError("", "a profile must be a mapping of sections (data, model, train, ...)", str(path))
+    return data, node
+
+
+def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
+    """Read, override and validate a profile; raise :class:`ConfigError` located in file or flag."""
+    path = find_profile(name_or_path)
+    marks = _Marks(str(path))
+    data, node = read_profile(path)
+    _mark_lines(node, marks)
     _apply_aliases(data)
     data.setdefault("name", path.stem)
     origin: dict[str, str] = {}

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from apt import AptError, parse_assignments
+from apt import AptError, parse_assignments, read_profile
 
 EXAMPLE = "search: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}"
 #: Keys a trial's run directory and identity depend on; apt tune sets them per trial.
@@ -77,26 +77,8 @@ def find_profile(name_or_path: str) -> Path:
     raise AptError(f"profile {name_or_path!r} not found: pass a YAML file path or the name of a shipped profile")
 
 
-def read_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
-    """The profile as data and as a node tree (for line numbers); a bad file is one located line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError) as err:
-        raise AptError(f"cannot read profile {path}: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise AptError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise AptError(f"{path}: a profile must be a mapping of sections (data, model, train, ...)")
-    return data, node
-
-
 def profile_name(path: Path) -> str:
-    data, _ = read_yaml(path)
+    data, _ = read_profile(path)
     name = data.get("name")
     return name if isinstance(name, str) and name else path.stem
 
@@ -104,7 +86,7 @@ def profile_name(path: Path) -> str:
 def load(name_or_path: str, overrides: Sequence[str] = (), *, need_search: bool = True) -> TuningProfile:
     """Read a profile, apply ``--set`` overrides and validate its ``search:`` section."""
     path = find_profile(name_or_path)
-    data, node = read_yaml(path)
+    data, node = read_profile(path)
     lines = _search_lines(node)
     search = data.pop("search", None)
     name = data.get("name")
