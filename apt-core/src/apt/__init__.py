@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "option": "apt.config",
     "require": "apt.config",
     "read_profile": "apt.profile",
+    "assign": "apt.profile",
     "find_profile": "apt.profile",
     "parse_assignments": "apt.config",
     # hooks
@@ -127,7 +128,7 @@ if TYPE_CHECKING:
     from apt.hookspecs import Batch, ExtraLosses, TrainerView, hookimpl
     from apt.kvcache import CachedKV, KVCache, LayerCache
     from apt.model import LanguageModel, Output
-    from apt.profile import find_profile, read_profile
+    from apt.profile import assign, find_profile, read_profile
     from apt.providers import (
         KINDS,
         MODEL_KINDS,

@@ -205,7 +205,7 @@ def _read_profile(name_or_path: str, overrides: Sequence[str]) -> tuple[Any, Pat
         data.setdefault("name", path.stem)
         for item in overrides:
             key, value = prof.parse_override(item)
-            prof._assign(data, key, value, f"--set {item}")
+            prof.assign(data, key, value, f"--set {item}")
         profile = cfg.build(prof.Profile, data)
     except (AptError, OSError, UnicodeDecodeError, yaml.YAMLError):
         return None

@@ -256,7 +256,7 @@ def load_profile(name_or_path: str, overrides: Sequence[str] = ()) -> Profile:
     origin: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
-        _assign(data, key, value, f"--set {item}")
+        assign(data, key, value, f"--set {item}")
         origin[key] = f"--set {item}"
     try:
         profile = cfg.build(Profile, data)
@@ -309,7 +309,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     return _canonical(key), value
 
 
-def _assign(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+def assign(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set dotted ``key`` in profile data, creating sections; ``source`` (a flag, a file) locates errors."""
     parts = key.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from apt import AptError, parse_assignments, read_profile
+from apt import AptError, assign, parse_assignments, read_profile
 
 EXAMPLE = "search: {train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}"
 #: Keys a trial's run directory and identity depend on; apt tune sets them per trial.
@@ -61,7 +61,7 @@ class TuningProfile:
         """The trial's profile: ``base`` with each searched key set to its sampled value."""
         data = copy.deepcopy(self.base)
         for key, value in params.items():
-            set_key(data, key, value, f"search.{key}")
+            assign(data, key, value, f"search.{key}")
         return data
 
 
@@ -94,25 +94,12 @@ def load(name_or_path: str, overrides: Sequence[str] = (), *, need_search: bool 
     for key, value in parse_assignments(overrides, "--set", "train.max_iters=200").items():
         if key.split(".")[0] == "search":
             raise AptError(f"--set {key}=...: the search space comes from the profile; edit its search: section")
-        set_key(data, key, value, f"--set {key}")
+        assign(data, key, value, f"--set {key}")
     space = _parse_space(search, path, lines, data) if search is not None else ()
     if need_search and not space:
         raise AptError(f"{path}: has no search: section; add one mapping profile keys to distributions, "
                        f"e.g. {EXAMPLE}")
     return TuningProfile(path, data["name"], data, space)
-
-
-def set_key(data: dict[str, Any], key: str, value: Any, source: str) -> None:
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise AptError(f"{source}: {'.'.join(parts[: i + 1])} is a value, not a section; cannot set {key}")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _search_lines(node: yaml.Node | None) -> dict[str, int]:

@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from apt_plugin_tune.space import TuningProfile, set_key
+from apt import assign
+from apt_plugin_tune.space import TuningProfile
 
 POLL_S = 0.25
 #: Extra settings every trial trains with: metrics for the pruner, no progress bar in the log.
@@ -47,9 +48,9 @@ def write_profile(profile: TuningProfile, params: dict[str, Any], run_dir: Path)
     """The trial's profile file; returns it and the profile as ``apt train -p`` should reuse it."""
     data = profile.with_params(params)
     trained = copy.deepcopy(data)
-    set_key(trained, "checkpoint.dir", str(run_dir.resolve()), "apt tune")
+    assign(trained, "checkpoint.dir", str(run_dir.resolve()), "apt tune")
     for key, value in TRIAL_SETTINGS.items():
-        set_key(trained, key, value, "apt tune")
+        assign(trained, key, value, "apt tune")
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "profile.yaml"
     path.write_text(yaml.safe_dump(trained, sort_keys=False), encoding="utf-8")
