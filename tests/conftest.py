@@ -12,7 +12,7 @@ import pytest
 
 PLUGINS = ["apt-plugin-tva", "apt-plugin-moe", "apt-plugin-align", "apt-plugin-flash", "apt-plugin-voter",
            "apt-plugin-retriever", "apt-plugin-quant", "apt-plugin-tune", "apt-plugin-report",
-           "apt-plugin-monitor", "apt-plugin-bpe"]
+           "apt-plugin-monitor", "apt-plugin-bpe", "apt-plugin-vision", "apt-plugin-audio"]
 
 
 @pytest.fixture

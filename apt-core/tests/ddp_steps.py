@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from apt.batch import Batch
 from apt.data import Batches
 from apt.profile import load_profile
 from apt.trainer import Trainer
@@ -29,9 +30,9 @@ def main(out: Path, run_dir: Path, steps: int, global_batch: int) -> None:
     rank = trainer.dist.rank
     data = Batches(trainer.corpus.train, profile.model.block_size, global_batch, seed=99)
 
-    def rank_slice(micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def rank_slice(micro: int) -> Batch:
         x, y = data.get(trainer.step, micro, stream="ddp")
-        return x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank]
+        return Batch(x[rank * per_rank:(rank + 1) * per_rank], y[rank * per_rank:(rank + 1) * per_rank])
 
     trainer._batch = rank_slice
     grad_norms = [trainer.train_step()["grad_norm"] for _ in range(steps)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from apt.batch import Batch
 from apt.data import Batches
 from apt.profile import load_profile
 from apt.trainer import Trainer
@@ -54,7 +55,7 @@ def fixed_sequences(t: Trainer, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def feed(t: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
     """Make micro-batch ``m`` of every step the ``m``-th slice of (x, y), so two runs see the same data."""
     size = t.profile.train.batch_size
-    t._batch = lambda micro: (x[micro * size:(micro + 1) * size], y[micro * size:(micro + 1) * size])
+    t._batch = lambda micro: Batch(x[micro * size:(micro + 1) * size], y[micro * size:(micro + 1) * size])
 
 
 def one_step(tmp_path, name: str, batch_size: int, grad_accum: int, x, y) -> tuple[dict, dict, list[torch.Tensor]]:

@@ -28,6 +28,11 @@ _EXPORTS: dict[str, str] = {
     "FFNProvider": "apt.providers",
     "RouterProvider": "apt.providers",
     "AlignProvider": "apt.providers",
+    "EncoderProvider": "apt.providers",
+    "FusionProvider": "apt.providers",
+    "MediaEncoder": "apt.providers",
+    "Fusion": "apt.providers",
+    "MODALITIES": "apt.providers",
     "RetrieverProvider": "apt.providers",
     "VoterProvider": "apt.providers",
     "QuantProvider": "apt.providers",
@@ -57,7 +62,8 @@ _EXPORTS: dict[str, str] = {
     # hooks
     "hookimpl": "apt.hookspecs",
     "TrainerView": "apt.hookspecs",
-    "Batch": "apt.hookspecs",
+    "Batch": "apt.batch",
+    "Media": "apt.batch",
     "ExtraLosses": "apt.hookspecs",
     "Schedule": "apt.schedules",
     # errors a plugin raises or catches
@@ -80,6 +86,7 @@ _EXPORTS: dict[str, str] = {
     "LanguageModel": "apt.model",
     "Output": "apt.model",
     "CausalSelfAttention": "apt.builtin.layers",
+    "EncoderBlock": "apt.builtin.encoder_layers",
     "Loaded": "apt.checkpoint",
     "load_model": "apt.checkpoint",
     "rebuild": "apt.checkpoint",
@@ -116,6 +123,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from apt.atomic import atomic_write, fsync_dir
+    from apt.batch import Batch, Media
+    from apt.builtin.encoder_layers import EncoderBlock
     from apt.builtin.layers import CausalSelfAttention
     from apt.checkpoint import MODEL_FILE, Loaded, checkpoint_dir, load_model, rebuild, save_file
     from apt.cli import ArgumentParser
@@ -125,20 +134,25 @@ if TYPE_CHECKING:
     from apt.errorstore import ErrorStore
     from apt.generate import Completion, evaluate_tokens, sample, sample_many
     from apt.home import apt_home
-    from apt.hookspecs import Batch, ExtraLosses, TrainerView, hookimpl
+    from apt.hookspecs import ExtraLosses, TrainerView, hookimpl
     from apt.kvcache import CachedKV, KVCache, LayerCache
     from apt.model import LanguageModel, Output
     from apt.profile import assign, find_profile, read_profile
     from apt.providers import (
         KINDS,
+        MODALITIES,
         MODEL_KINDS,
         AlignProvider,
         AttentionProvider,
         Document,
         EmptyConfig,
+        EncoderProvider,
         EvidenceAligner,
         FFNProvider,
+        Fusion,
+        FusionProvider,
         HasInferenceForm,
+        MediaEncoder,
         ModelDims,
         Passage,
         Provider,

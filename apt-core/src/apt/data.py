@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from apt.atomic import atomic_write
+from apt.batch import Batch
 from apt.errors import AptError
 from apt.home import apt_home
 from apt.profile import DataConfig
@@ -84,24 +85,49 @@ class Corpus:
     tokenizer: Tokenizer
 
 
-def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = None, *,
-                options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Corpus:
-    """Tokenize the configured corpus; a given tokenizer (from a checkpoint) is reused as is.
+def corpus_paths(cfg: DataConfig, *, required: bool = False) -> list[tuple[Path, str]]:
+    """The corpus files with the profile key naming each; a missing one is one line with the fix.
 
-    Otherwise the ``data.tokenizer`` provider builds one (configured by ``options``, the profile's
-    ``providers.tokenizer.<name>``), learning its vocabulary from the training split if it needs to.
+    ``required``: no bundled fallback (a multimodal profile needs its own JSONL).
     """
-    train_path = Path(cfg.train_path) if cfg.train_path else bundled_corpus()
-    paths = [(train_path, "data.train_path")]
+    if cfg.train_path is None and required:
+        raise AptError("data.train_path: this profile needs a JSONL corpus" + prepare_hint(cfg))
+    paths = [(Path(cfg.train_path) if cfg.train_path else bundled_corpus(), "data.train_path")]
     if cfg.val_path:
         paths.append((Path(cfg.val_path), "data.val_path"))
+    for path, key in paths:
+        if not path.is_file():
+            raise AptError(f"{key}: file {str(path)!r} not found" + (prepare_hint(cfg) or
+                           "; point it at a text or JSONL corpus"))
+    return paths
 
-    def chunks(path: Path, key: str) -> Iterator[str]:
-        return read_chunks(path, cfg.format, cfg.jsonl_field, key)
 
-    if tokenizer is None:
-        tokenizer = build_tokenizer(cfg.tokenizer, (c for p, k in paths for c in chunks(p, k)), options, registry)
-    arrays = [encode_to_array(chunks(p, k), tokenizer, _cache_key(p, cfg, tokenizer)) for p, k in paths]
+def prepare_hint(cfg: DataConfig) -> str:
+    """How to build the profile's corpus when it names its ``data.prepare`` dataset."""
+    if not cfg.prepare:
+        return ""
+    folder = Path(cfg.train_path).parent if cfg.train_path else Path("data")
+    return f"; build it with: apt data prepare {cfg.prepare} --out {folder}"
+
+
+def corpus_tokenizer(cfg: DataConfig, tokenizer: Tokenizer | None = None, *, required: bool = False,
+                     options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Tokenizer:
+    """``tokenizer`` (from a checkpoint) as is, else the ``data.tokenizer`` provider's, configured by
+    ``options`` (the profile's ``providers.tokenizer.<name>``) and learnt from the corpus if it needs to."""
+    if tokenizer is not None:
+        return tokenizer
+    paths = corpus_paths(cfg, required=required)
+    texts = (c for p, k in paths for c in read_chunks(p, cfg.format, cfg.jsonl_field, k))
+    return build_tokenizer(cfg.tokenizer, texts, options, registry)
+
+
+def load_corpus(cfg: DataConfig, block_size: int, tokenizer: Tokenizer | None = None, *,
+                options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Corpus:
+    """Tokenize the configured corpus (see :func:`corpus_tokenizer` for where the tokenizer comes from)."""
+    paths = corpus_paths(cfg)
+    tokenizer = corpus_tokenizer(cfg, tokenizer, options=options, registry=registry)
+    arrays = [encode_to_array(read_chunks(p, cfg.format, cfg.jsonl_field, k), tokenizer, _cache_key(p, cfg, tokenizer))
+              for p, k in paths]
     if cfg.val_path:
         train, val = arrays
     else:
@@ -144,10 +170,15 @@ class Batches:
         self.rank = rank
         self.high = len(tokens) - block_size - 1
 
-    def get(self, step: int, micro: int = 0, stream: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def samples(self) -> int:
+        """Windows in one pass over the tokens: what an epoch counts."""
+        return len(self.tokens) // self.block_size
+
+    def get(self, step: int, micro: int = 0, stream: str = "train") -> Batch:
         gen = torch.Generator().manual_seed(seed_for(self.seed, stream, step, micro, self.rank))
         offsets = torch.randint(0, self.high + 1, (self.batch_size,), generator=gen).numpy()
-        return window_batch(self.tokens, offsets, self.block_size)
+        return Batch(*window_batch(self.tokens, offsets, self.block_size))
 
 
 def sequential_windows(tokens: np.ndarray, block_size: int) -> Iterator[tuple[int, int]]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from apt.batch import Media
 from apt.data import sequential_windows, window_batch
 from apt.model import LanguageModel
 from apt.providers import EvidenceAligner
@@ -69,11 +70,13 @@ class Decoder:
     """
 
     def __init__(self, model: LanguageModel, rows: int, *, use_cache: bool = True,
-                 evidence: torch.Tensor | None = None) -> None:
+                 evidence: torch.Tensor | None = None, media: Media | None = None) -> None:
         self.model = model
         self.block = model.dims.block_size
         self.rows = rows
-        self.cached = use_cache and _cache_capable(model)
+        # Media reach the blocks through the fusion on every forward; the cache path has no media.
+        self.media = media
+        self.cached = use_cache and media is None and _cache_capable(model)
         self.cache = model.new_cache(rows) if self.cached else None
         self.windows: list[list[int]] = [[] for _ in range(rows)]
         self.filled = [0] * rows
@@ -128,8 +131,11 @@ class Decoder:
         return out.logits[torch.arange(len(rows), device=self.device), last].float()
 
     def _run(self, idx: torch.Tensor, rows: list[int], starts: list[int], *, cached: bool = True) -> Any:
-        if self.cache is None or not cached:
-            out: Any = self.model(idx)
+        if self.media is not None:
+            assert rows == list(range(self.rows)), "rows with media decode all together"
+            out: Any = self.model(idx, self.media)
+        elif self.cache is None or not cached:
+            out = self.model(idx)
         else:
             every = len(rows) == self.rows and rows == list(range(self.rows))
             out = self.model.forward_cached(idx, self.cache, starts, None if every else rows)
@@ -156,7 +162,7 @@ def _warn_once(message: str) -> None:
 def sample(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 200,
            temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337, device: str = "cpu",
            num_samples: int = 1, stop: str | None = None, evidence: torch.Tensor | None = None,
-           top_p: float = 1.0, use_cache: bool = True) -> list[Completion]:
+           top_p: float = 1.0, use_cache: bool = True, media: tuple[list[int], Media] | None = None) -> list[Completion]:
     """Autoregressive sampling of ``num_samples`` continuations in one batch.
 
     The context is the last ``block_size`` tokens as it grows; ``temperature`` 0 decodes
@@ -164,10 +170,17 @@ def sample(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *, max_new_t
     conditions every step through the model's aligner (``align.bistate``'s evidence view), the
     path retrieval uses to reach the hidden states as well as the prompt. The rows share one
     generator (one draw per step over all of them); ``use_cache=False`` recomputes every window
-    (:class:`Decoder`), for comparison.
+    (:class:`Decoder`), for comparison. ``media`` (from :func:`apt.media.prompt_batch`) replaces the
+    prompt's ids with a row that holds the media's slots, and generation stops where the window
+    would slide past them.
     """
     gen = torch.Generator(device=device).manual_seed(seed)
     ids = tokenizer.encode(prompt) or [0]
+    rows_media = None
+    if media is not None:
+        ids = media[0]
+        rows_media = media[1].repeat(num_samples).to(device)
+        max_new_tokens = min(max_new_tokens, model.dims.block_size - len(ids))
     rows = list(range(num_samples))
     evidence_rows = evidence.to(device).expand(num_samples, -1) if evidence is not None else None
     sampling = Sampling(temperature, top_k, top_p)
@@ -176,7 +189,7 @@ def sample(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *, max_new_t
     ends = [max_new_tokens] * num_samples
     tail = 4 * len(stop.encode()) + 4 if stop else 0
     model.eval()
-    decoder = Decoder(model, num_samples, use_cache=use_cache, evidence=evidence_rows)
+    decoder = Decoder(model, num_samples, use_cache=use_cache, evidence=evidence_rows, media=rows_media)
     logits = decoder.start(rows, [ids] * num_samples) if max_new_tokens else None
     for step in range(max_new_tokens):
         assert logits is not None

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import pluggy
 
+from apt.batch import Batch
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("apt")
 hookimpl = pluggy.HookimplMarker("apt")
 
-#: A batch as hooks see it: token ids ``x`` (B, T) and next-token targets ``y`` (B, T).
-Batch = tuple["torch.Tensor", "torch.Tensor"]
 #: What ``apt_extra_losses`` may return: one scalar, several, named ones, or None for nothing this time.
 ExtraLosses = Union["torch.Tensor", Sequence["torch.Tensor"], Mapping[str, "torch.Tensor"], None]
 

@@ -82,7 +82,9 @@ class TrainPlan:
     def grants(self) -> tuple[list[Path], list[Path]]:
         """(read-only, read-write) paths the run needs: profile and data files; run dir and token cache."""
         readable = [self.source]
-        readable += [Path(v) for v in (self.profile.data.train_path, self.profile.data.val_path) if v]
+        data = [Path(v) for v in (self.profile.data.train_path, self.profile.data.val_path) if v]
+        # Media files sit beside a multimodal JSONL (apt.media keeps them inside its folder).
+        readable += [path.parent for path in data] if self.profile.model.encoders else data
         return readable, [Path(self.profile.run_dir), apt_home() / "cache"]
 
 
@@ -109,6 +111,9 @@ def plan_training(name_or_path: str, overrides: Sequence[str]) -> TrainPlan | No
             if registry.info(kind, name) is None and kind in FALLBACKS:
                 wanted.append((kind, FALLBACKS[kind]))
     wanted.append(("tokenizer", profile.data.tokenizer or DEFAULTS["tokenizer"]))
+    wanted += [("encoder", name) for name in profile.model.encoders.values()]
+    if profile.model.encoders:
+        wanted.append(("fusion", profile.model.fusion or "prefix"))
     wanted += [(kind, name) for kind, entries in profile.providers.items() for name in entries]
     found = _untrusted_providers(registry, wanted, store)
     for ep in entry_points(group="apt.plugins"):
@@ -148,7 +153,8 @@ def plan_generate(args: argparse.Namespace) -> tuple[list[Untrusted], list[Path]
     if args.vote is not None:
         wanted.append(("voter", DEFAULTS["voter"]))
     extra = [u for u in _untrusted_providers(Registry(), wanted, TrustStore()) if u not in untrusted]
-    readable = [Path(p) for p in (args.checkpoint, args.index, args.prompt_file, args.embedding_model) if p]
+    readable = [Path(p) for p in (args.checkpoint, args.index, args.prompt_file, args.embedding_model, args.image,
+                                  args.audio) if p]
     return [*untrusted, *extra], readable
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apt.batch import Media
 from apt.errors import ConfigError, ProviderError
 from apt.kvcache import KVCache, LayerCache
 from apt.profile import Profile
@@ -25,6 +26,8 @@ from apt.providers import (
     AlignProvider,
     AttentionProvider,
     FFNProvider,
+    Fusion,
+    MediaEncoder,
     ModelDims,
     Provider,
     ResidualOutput,
@@ -74,14 +77,30 @@ class LanguageModel(nn.Module):
         self.lm_head.weight = self.tok_emb.weight
         self.extras = nn.ModuleDict(extras or {})
 
-    def forward(self, idx: torch.Tensor) -> Output:
+    def forward(self, idx: torch.Tensor, media: Media | None = None) -> Output:
         T = idx.shape[1]
         if T > self.dims.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block_size {self.dims.block_size}")
         pos = torch.arange(T, device=idx.device)
+        if media is not None:
+            return self._forward_media(idx, pos, media)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
+        h = self.ln_f(x)
+        return Output(self.lm_head(h), h)
+
+    def _forward_media(self, idx: torch.Tensor, pos: torch.Tensor, media: Media) -> Output:
+        """``forward`` with media: the encoders run, and the fusion module decides how their features
+        reach the blocks (:class:`apt.providers.Fusion`); the model itself knows no modality."""
+        if "fusion" not in self.extras:
+            raise ValueError("this model has no encoders (model.encoders); it takes text only")
+        encoders = cast(nn.ModuleDict, self.extras["encoders"])
+        fusion = cast(Fusion, self.extras["fusion"])
+        media = media.encoded({modality: encoders[modality](inputs) for modality, inputs in media.inputs.items()})
+        x = self.drop(fusion.inject(self.tok_emb(idx), media) + self.pos_emb(pos))
+        for layer, block in enumerate(self.blocks):
+            x = fusion.after_block(layer, block(x), media)
         h = self.ln_f(x)
         return Output(self.lm_head(h), h)
 
@@ -128,11 +147,14 @@ class BuiltModel:
 
 
 class ModelBuilder:
+    """``pretrained=False`` leaves encoders' published weights unread: a checkpoint's replace them."""
+
     def __init__(self, profile: Profile, vocab_size: int, *, registry: Registry | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, pretrained: bool = True) -> None:
         self.profile = profile
         self.registry = registry or default_registry()
         self.strict = strict
+        self.pretrained = pretrained
         m = profile.model
         self.dims = ModelDims(m.n_layer, m.n_head, m.d_model, m.block_size, vocab_size, m.dropout, m.bias)
 
@@ -179,7 +201,57 @@ class ModelBuilder:
         used = {kind: {"name": res.info.name, "version": res.info.version, "distribution": res.info.distribution}
                 for kind, res in resolutions.items() if res.info is not None}
         warnings = [res.warning for res in resolutions.values() if res.warning]
-        return BuiltModel(model, used, {f"{p.kind}.{p.name}": p for p in instances.values()}, switches, warnings)
+        built = BuiltModel(model, used, {f"{p.kind}.{p.name}": p for p in instances.values()}, switches, warnings)
+        if self.profile.model.encoders:
+            self._add_media(built)
+        return built
+
+    def _add_media(self, built: BuiltModel) -> None:
+        """Encoders and fusion join the model after the LM is initialised, so the LM's weights are
+        the ones a text-only build with the same seed gets (and ``fusion.xattn`` starts as identity)."""
+        from apt.media import MediaSpec
+
+        spec = MediaSpec.from_profile(self.profile, self.registry)
+        assert spec is not None
+        encoders = nn.ModuleDict()
+        for modality, provider in spec.encoders.items():
+            self._check(provider)
+            module = provider.build(self.dims)
+            if not isinstance(module, MediaEncoder) or module.n_tokens != provider.tokens():
+                raise ProviderError(f"encoder.{provider.name} built {type(module).__name__}, which is not an "
+                                    f"apt.providers.MediaEncoder with n_tokens == tokens() ({provider.tokens()})")
+            encoders[modality] = module
+            _add_switch(built.switches, provider, module)
+        shapes = {m: (cast(MediaEncoder, e).n_tokens, cast(MediaEncoder, e).d_out) for m, e in encoders.items()}
+        self._check(spec.fusion)
+        fusion = spec.fusion.build(self.dims, shapes)
+        if not isinstance(fusion, Fusion):
+            raise ProviderError(f"fusion.{spec.fusion.name} built {type(fusion).__name__}, which is not an "
+                                f"apt.providers.Fusion (inject, after_block)")
+        _add_switch(built.switches, spec.fusion, fusion)
+        for module in (encoders, fusion):
+            init_weights(module, built.model.dims.n_layer)
+        if self.pretrained:
+            for modality, provider in spec.encoders.items():
+                try:
+                    provider.load_pretrained(encoders[modality])
+                except ConfigError as err:
+                    raise ConfigError(f"providers.encoder.{provider.name}.{err.key}", err.message) from None
+        built.model.extras["encoders"] = encoders
+        built.model.extras["fusion"] = fusion
+        used: dict[str, Provider] = {f"encoder.{m}": p for m, p in spec.encoders.items()}
+        used["fusion"] = spec.fusion
+        for key, part in used.items():
+            info = self.registry.info(part.kind, part.name)
+            if info is not None:
+                built.providers[key] = {"name": info.name, "version": info.version, "distribution": info.distribution}
+            built.instances[f"{part.kind}.{part.name}"] = part
+
+    def _check(self, provider: Provider) -> None:
+        try:
+            provider.check(self.dims)
+        except ConfigError as err:
+            raise ConfigError(f"providers.{provider.kind}.{provider.name}.{err.key}", err.message) from None
 
 
 def _add_switch(switches: dict[str, list[Switchable]], provider: Provider, module: nn.Module) -> None:
@@ -192,12 +264,14 @@ def _add_switch(switches: dict[str, list[Switchable]], provider: Provider, modul
     switches.setdefault(provider.switch, []).append(module)
 
 
-def init_weights(model: LanguageModel) -> None:
+def init_weights(model: nn.Module, n_layer: int | None = None) -> None:
     """GPT-2 initialisation: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layer).
 
     Modules a provider initialised itself (:class:`apt.providers.SelfInitialised`) are left alone.
+    ``n_layer`` defaults to the depth of ``model``, a :class:`LanguageModel`.
     """
-    residual_std = 0.02 / math.sqrt(2 * model.dims.n_layer)
+    depth = n_layer if n_layer is not None else cast(LanguageModel, model).dims.n_layer
+    residual_std = 0.02 / math.sqrt(2 * depth)
     for module in model.modules():
         if isinstance(module, SelfInitialised) and module.apt_init_done:
             continue

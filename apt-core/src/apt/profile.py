@@ -18,7 +18,7 @@ import yaml
 from apt import config as cfg
 from apt.config import option, require
 from apt.errors import AptError, ConfigError
-from apt.providers import KINDS, Provider
+from apt.providers import KINDS, MODALITIES, Provider
 
 #: Seed-era spellings accepted in profiles and ``--set``.
 KEY_ALIASES = {
@@ -38,6 +38,10 @@ class DataConfig:
     jsonl_field: str = option("text", doc="JSONL key holding each document's text")
     tokenizer: str = option("char", doc="tokenizer provider (options under providers.tokenizer.<name>): char: "
                                         "vocabulary of the corpus; byte: 256 UTF-8 bytes; bpe: apt-plugin-bpe")
+    skip_bad: bool = option(False, doc="with model.encoders: skip (and count) JSONL records whose media file is "
+                                       "missing or unreadable instead of stopping at the first")
+    prepare: str | None = option(None, doc="the 'apt data prepare NAME' that builds this corpus, named in the "
+                                           "error when train_path is missing")
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,19 @@ class ModelConfig:
     ffn: str | None = option(None, doc="feed-forward provider (default dense)")
     router: str | None = option(None, doc="mixture-of-experts router wrapping the FFN (e.g. topk_moe)")
     align: str | None = option(None, doc="alignment objective (e.g. bistate)")
+    encoders: dict[str, str] = option(default_factory=dict, doc="media encoders by JSONL key, e.g. {image: vit, "
+                                                                 "audio: logmel_conv}; empty: a text-only model")
+    fusion: str | None = option(None, doc="how encoder features reach the LM: prefix (default with encoders) "
+                                          "or xattn")
 
     def __post_init__(self) -> None:
         require(self.d_model % self.n_head == 0, "d_model",
                 f"must be divisible by n_head={self.n_head}, got {self.d_model}")
+        for modality in self.encoders:
+            require(modality in MODALITIES, f"encoders.{modality}",
+                    f"unknown medium; expected one of {', '.join(MODALITIES)}")
+        require(self.fusion is None or bool(self.encoders), "fusion",
+                "needs model.encoders (e.g. {image: vit}); drop it for a text-only model")
 
 
 @dataclass(frozen=True)

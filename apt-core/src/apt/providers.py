@@ -34,13 +34,17 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from apt.batch import Media
     from apt.kvcache import LayerCache
     from apt.model import LanguageModel
 
 #: Every provider kind, in the order listings show them.
-KINDS = ("attention", "ffn", "router", "align", "retriever", "voter", "quant", "tokenizer")
-#: The kinds a model is assembled from (the profile's ``model.<kind>`` keys); the rest serve generation.
+KINDS = ("attention", "ffn", "router", "align", "encoder", "fusion", "retriever", "voter", "quant", "tokenizer")
+#: The kinds a text model is assembled from (the profile's ``model.<kind>`` keys); encoders and
+#: fusion join them when ``model.encoders`` is set; the rest serve generation.
 MODEL_KINDS = ("attention", "ffn", "router", "align")
+#: What ``model.encoders`` maps: the JSONL key a record's media file sits under.
+MODALITIES = ("image", "audio")
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,61 @@ class AlignProvider(Provider):
     @abstractmethod
     def build(self, dims: ModelDims) -> nn.Module:
         ...
+
+
+class EncoderProvider(Provider):
+    """Turns one medium (an image, a clip of audio) into a sequence of feature vectors.
+
+    Two halves: :meth:`load` decodes a file into the fixed-shape input tensor the module takes
+    (resizing, resampling, normalising per the config), so data loading never needs the model;
+    :meth:`build` makes the :class:`MediaEncoder` module. Weights published elsewhere (a Hugging
+    Face vision tower, a Whisper encoder) come in through :meth:`load_pretrained`, which the
+    builder calls only for a new run: a checkpoint's own weights replace them on resume.
+    """
+
+    kind = "encoder"
+    #: The record key and ``model.encoders`` key this encoder serves (one of :data:`MODALITIES`).
+    modality: ClassVar[str]
+
+    @abstractmethod
+    def tokens(self) -> int:
+        """Feature vectors per item (the module's ``n_tokens``), known from the config alone."""
+
+    @abstractmethod
+    def load(self, path: Path) -> torch.Tensor:
+        """One item decoded from ``path``, ready to stack into the module's input batch.
+
+        Raises :class:`apt.errors.AptError` with a one-line reason (missing, unreadable, wrong
+        format) that the data loader prefixes with the JSONL line.
+        """
+
+    @abstractmethod
+    def build(self, dims: ModelDims) -> nn.Module:
+        """A :class:`MediaEncoder`: ``module(inputs (M, *item_shape)) -> (M, n_tokens, d_out)``."""
+
+    def load_pretrained(self, module: nn.Module) -> None:
+        """Fill ``module`` with published weights when the config points at them; raise
+        :class:`apt.errors.ConfigError` naming the config key when they do not fit."""
+
+
+class FusionProvider(Provider):
+    """How encoder features reach the language model (prefix tokens, cross-attention, ...).
+
+    The text-only model never branches on a modality: given media it asks the fusion module to
+    :meth:`Fusion.inject` features into the token embeddings and to act after each block
+    (:meth:`Fusion.after_block`). The batch layout follows :meth:`slots`: a record with an image
+    starts with ``slots("image", n)`` placeholder positions that ``inject`` fills.
+    """
+
+    kind = "fusion"
+
+    @abstractmethod
+    def slots(self, modality: str, n_tokens: int) -> int:
+        """Token positions an item of ``modality`` with ``n_tokens`` features takes in its row."""
+
+    @abstractmethod
+    def build(self, dims: ModelDims, encoders: dict[str, tuple[int, int]]) -> nn.Module:
+        """A :class:`Fusion` for encoders given as modality -> (n_tokens, d_out)."""
 
 
 @dataclass(frozen=True)
@@ -294,7 +353,7 @@ class TokenizerProvider(Provider):
 
 BASES: dict[str, type[Provider]] = {
     cls.kind: cls
-    for cls in (AttentionProvider, FFNProvider, RouterProvider, AlignProvider,
+    for cls in (AttentionProvider, FFNProvider, RouterProvider, AlignProvider, EncoderProvider, FusionProvider,
                 RetrieverProvider, VoterProvider, QuantProvider, TokenizerProvider)
 }
 
@@ -313,6 +372,9 @@ def check_provider_class(obj: object, entry_name: str) -> type[Provider]:
     base = BASES[kind]
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise ProviderError(f"{obj!r} is not a subclass of apt.providers.{base.__name__}")
+    if issubclass(obj, EncoderProvider) and getattr(obj, "modality", None) not in MODALITIES:
+        raise ProviderError(f"{obj.__name__}.modality must be one of {', '.join(MODALITIES)}, "
+                            f"got {getattr(obj, 'modality', None)!r}")
     if obj.name != name:
         raise ProviderError(f"class declares name {obj.name!r}, but its entry point is {entry_name!r}")
     if not (isinstance(obj.Config, type) and dataclasses.is_dataclass(obj.Config)):
@@ -396,3 +458,23 @@ class EvidenceAligner(Protocol):
 
     def evidence_view(self, hidden: torch.Tensor, evidence: torch.Tensor, lm_head: nn.Module) -> Any:
         """The aligned state (``.hidden``, ``.logits``) for hidden (B, T, C) and evidence (B, C)."""
+
+
+@runtime_checkable
+class MediaEncoder(Protocol):
+    """What :meth:`EncoderProvider.build` returns: ``forward(inputs (M, ...)) -> (M, n_tokens, d_out)``."""
+
+    n_tokens: int
+    d_out: int
+
+
+@runtime_checkable
+class Fusion(Protocol):
+    """What :meth:`FusionProvider.build` returns; ``media`` is an :class:`apt.batch.Media` whose
+    ``features`` the model has filled with each encoder's output."""
+
+    def inject(self, embeddings: torch.Tensor, media: Media) -> torch.Tensor:
+        """Token embeddings (B, T, C) with media mixed in (before position embeddings are added)."""
+
+    def after_block(self, layer: int, x: torch.Tensor, media: Media) -> torch.Tensor:
+        """The residual stream (B, T, C) after block ``layer``, with media mixed in if this fusion does so there."""

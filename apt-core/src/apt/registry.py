@@ -43,6 +43,8 @@ PACKAGES = {
     "quant.int8_dynamic": "apt-plugin-quant",
     "quant.bf16": "apt-plugin-quant",
     "tokenizer.bpe": "apt-plugin-bpe",
+    "encoder.vit": "apt-plugin-vision",
+    "encoder.logmel_conv": "apt-plugin-audio",
 }
 
 

@@ -46,13 +46,14 @@ class Names:
         return {"kind": self.kind, "name": self.name, "distribution": self.distribution, "package": self.package,
                 "cls": self.cls, "config_cls": self.config_cls, "base": BASES[self.kind], "core": f">={major}.0.0 <{major + 1}.0.0",
                 "core_pip": f"apt-core>={major},<{major + 1}",
-                "torch": '"torch>=2.4", ' if self.kind in MODEL_KINDS or self.kind == "quant" else "",
+                "torch": '"torch>=2.4", ' if self.kind in (*MODEL_KINDS, "encoder", "fusion", "quant") else "",
                 "example": EXAMPLES[self.kind].replace("NAME", self.name)}
 
 
 BASES = {"attention": "AttentionProvider", "ffn": "FFNProvider", "router": "RouterProvider",
          "align": "AlignProvider", "retriever": "RetrieverProvider", "voter": "VoterProvider",
-         "quant": "QuantProvider", "tokenizer": "TokenizerProvider"}
+         "quant": "QuantProvider", "tokenizer": "TokenizerProvider", "encoder": "EncoderProvider",
+         "fusion": "FusionProvider"}
 
 EXAMPLES = {
     "attention": "apt train -p tiny_debug --set model.attention=NAME",
@@ -63,6 +64,8 @@ EXAMPLES = {
     "voter": "apt plugin info voter NAME",
     "quant": "apt plugin info quant NAME",
     "tokenizer": "apt train -p tiny_debug --set data.tokenizer=NAME",
+    "encoder": "apt train -p my_profile.yaml --set 'model.encoders={audio: NAME}'",
+    "fusion": "apt train -p digits_caption --set model.fusion=NAME",
 }
 
 PYPROJECT = """\
@@ -617,7 +620,174 @@ class CharsOverBytes:
         return {"kind": "$name", "chars": self.chars}
 '''
 
+ENCODER_PROVIDER = '''"""The encoder.$name provider (torch-free: ``load`` and ``build`` import the module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from apt import EncoderProvider, ModelDims, option
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ${config_cls}:
+    frames: int = option(16, ge=1, le=4096, doc="frames a clip is cut or padded to; one token each")
+    frame_samples: int = option(400, ge=1, le=65536, doc="samples per frame")
+
+
+class $cls(EncoderProvider):
+    """Mono 16-bit WAV clips, one feature vector per frame of samples (records' ``audio`` key)."""
+
+    name = "$name"
+    modality = "audio"
+    Config = ${config_cls}
+
+    def tokens(self) -> int:
+        return int(self.config.frames)
+
+    def load(self, path: Path) -> torch.Tensor:
+        from $package.module import read_frames
+
+        return read_frames(path, self.config.frames, self.config.frame_samples)
+
+    def build(self, dims: ModelDims) -> nn.Module:
+        from $package.module import FrameEncoder
+
+        return FrameEncoder(self.config.frames, self.config.frame_samples, dims.d_model)
+'''
+
+ENCODER_MODULE = '''"""The encoder module, and the WAV reader that feeds it."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apt import AptError
+
+
+def read_frames(path: Path, frames: int, frame_samples: int) -> torch.Tensor:
+    """(frames, frame_samples) floats in [-1, 1]; never reads more than that many samples."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise AptError("cannot read audio: expected 16-bit mono PCM WAV")
+            raw = w.readframes(frames * frame_samples)
+    except (wave.Error, EOFError, OSError) as err:
+        raise AptError(f"cannot read audio: {err}") from None
+    x = torch.frombuffer(bytearray(raw), dtype=torch.int16).float() / 32768
+    return F.pad(x, (0, frames * frame_samples - x.numel())).view(frames, frame_samples)
+
+
+class FrameEncoder(nn.Module):
+    def __init__(self, frames: int, frame_samples: int, width: int) -> None:
+        super().__init__()
+        self.n_tokens, self.d_out = frames, width
+        self.proj = nn.Linear(frame_samples, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(x))  # (M, frames, frame_samples) -> (M, frames, width)
+'''
+
+ENCODER_TEST = '''"""The provider conformance suite of apt-core (apt.testing) run against this package."""
+
+import math
+import struct
+import wave
+
+import pytest
+
+from apt.testing import ProviderContract
+from $package.provider import $cls
+
+
+class Test${cls}Contract(ProviderContract):
+    provider = $cls
+
+    @pytest.fixture
+    def media_sample(self, tmp_path):
+        path = tmp_path / "tone.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(i / 5))) for i in range(4000)))
+        return path
+'''
+
+FUSION_PROVIDER = '''"""The fusion.$name provider (torch-free: ``build`` imports the module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from apt import FusionProvider, ModelDims, option
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ${config_cls}:
+    scale: float = option(1.0, ge=0.0, le=10.0, doc="weight of the media summary added to each token")
+
+
+class $cls(FusionProvider):
+    """Adds each row's mean media feature, projected, to every token embedding of that row."""
+
+    name = "$name"
+    Config = ${config_cls}
+
+    def slots(self, modality: str, n_tokens: int) -> int:
+        return 0
+
+    def build(self, dims: ModelDims, encoders: dict[str, tuple[int, int]]) -> nn.Module:
+        from $package.module import MeanFusion
+
+        return MeanFusion(dims.d_model, encoders, self.config.scale)
+'''
+
+FUSION_MODULE = '''"""The fusion module (apt.Fusion): media summaries added to the token embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from apt import Media
+
+
+class MeanFusion(nn.Module):
+    def __init__(self, d_model: int, encoders: dict[str, tuple[int, int]], scale: float) -> None:
+        super().__init__()
+        self.proj = nn.ModuleDict({m: nn.Linear(d_out, d_model) for m, (_, d_out) in encoders.items()})
+        self.scale = scale
+
+    def inject(self, embeddings: torch.Tensor, media: Media) -> torch.Tensor:
+        for modality, features in media.features.items():
+            pooled = self.proj[modality](features.mean(dim=1)).to(embeddings.dtype)  # (M, C)
+            added = self.scale * pooled[:, None, :].expand(-1, embeddings.shape[1], -1)  # (M, T, C)
+            embeddings = embeddings.index_add(0, media.rows[modality], added)
+        return embeddings
+
+    def after_block(self, layer: int, x: torch.Tensor, media: Media) -> torch.Tensor:
+        return x
+'''
+
 SERVICES = {
+    "encoder": (ENCODER_PROVIDER, ENCODER_MODULE),
+    "fusion": (FUSION_PROVIDER, FUSION_MODULE),
     "align": (ALIGN_PROVIDER, ALIGN_MODULE),
     "retriever": (RETRIEVER_PROVIDER, RETRIEVER_MODULE),
     "voter": (VOTER_PROVIDER, VOTER_MODULE),
@@ -655,7 +825,7 @@ def render(kind: str, name: str) -> dict[str, str]:
         f"{package}/provider.py": provider,
         f"{package}/module.py": module,
         f"{package}/py.typed": "",
-        "tests/test_contract.py": Template(TEST).substitute(subs),
+        "tests/test_contract.py": Template(ENCODER_TEST if kind == "encoder" else TEST).substitute(subs),
     }
 
 

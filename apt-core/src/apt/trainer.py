@@ -22,19 +22,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from apt import checkpoint as ckpt
 from apt import distributed
-from apt.data import Batches, load_corpus, seed_for
+from apt.batch import Batch
+from apt.data import Batches, corpus_tokenizer, load_corpus, seed_for
 from apt.errors import AptError, CheckpointError, PluginHookError, RunError
 from apt.hookspecs import TrainerView
+from apt.media import MediaSpec, RecordBatches, load_records
 from apt.metrics import MetricsLog
 from apt.model import Block, BuiltModel, LanguageModel, ModelBuilder, cross_entropy, set_switch
 from apt.plugins import PluginHost
 from apt.profile import Profile
+from apt.providers import EncoderProvider
 from apt.registry import Registry
 from apt.schedules import Schedule
 from apt.tokenizers import tokenizer_from_state
@@ -149,11 +152,18 @@ class Trainer:
             raise AptError("train.precision: fp16 needs a CUDA device; use bf16 on CPU")
         self.run_dir = profile.run_dir
         state = self._resume_state(resume, overwrite)
+        self.media = MediaSpec.from_profile(profile, registry)
         tokenizer = (tokenizer_from_state(state["tokenizer"], expected=profile.data.tokenizer, registry=registry)
                      if state else None)
-        self.corpus = load_corpus(profile.data, profile.model.block_size, tokenizer, registry=registry,
-                                  options=profile.provider_options("tokenizer", profile.data.tokenizer))
-        self.tokenizer = self.corpus.tokenizer
+        options = profile.provider_options("tokenizer", profile.data.tokenizer)
+        if self.media is None:
+            self.corpus = load_corpus(profile.data, profile.model.block_size, tokenizer, registry=registry,
+                                      options=options)
+            self.tokenizer = self.corpus.tokenizer
+        else:
+            self.tokenizer = corpus_tokenizer(profile.data, tokenizer, required=True, options=options,
+                                              registry=registry)
+            self.records = load_records(profile.data, self.media, self.tokenizer, profile.model.block_size)
 
         torch.manual_seed(t.seed)
         self.built = ModelBuilder(profile, self.tokenizer.vocab_size, registry=registry, strict=strict).build()
@@ -165,12 +175,12 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        world_tokens = t.batch_size * t.grad_accum * profile.model.block_size * self.dist.world
-        self.steps_per_epoch = t.epoch_iters or max(1, len(self.corpus.train) // world_tokens)
+        self.batches = self._batches("train", self.dist.rank)
+        self.val_batches = self._batches("val")
+        self.eval_train_batches = self._batches("train")
+        world_samples = t.batch_size * t.grad_accum * self.dist.world
+        self.steps_per_epoch = t.epoch_iters or max(1, self.batches.samples // world_samples)
         self.schedule = Schedule(profile.schedules, t.max_iters, self.steps_per_epoch)
-        self.batches = Batches(self.corpus.train, profile.model.block_size, t.batch_size, t.seed, self.dist.rank)
-        self.val_batches = Batches(self.corpus.val, profile.model.block_size, t.batch_size, t.seed)
-        self.eval_train_batches = Batches(self.corpus.train, profile.model.block_size, t.batch_size, t.seed)
 
         self.run_id = self._shared_run_id()
         self.step = 0
@@ -211,6 +221,14 @@ class Trainer:
                                      world_size=self.dist.world)
         ids = [self.device.index] if self.device.type == "cuda" else None
         self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _batches(self, split: str, rank: int = 0) -> Batches | RecordBatches:
+        t, block = self.profile.train, self.profile.model.block_size
+        if self.media is None:
+            tokens = self.corpus.train if split == "train" else self.corpus.val
+            return Batches(tokens, block, t.batch_size, t.seed, rank)
+        train, val = self.records
+        return RecordBatches(train if split == "train" else val, self.media, t.batch_size, t.seed, rank)
 
     def _shared_run_id(self) -> str:
         """Rank 0's id on every rank, so the error store ties the ranks' records to one run."""
@@ -414,8 +432,8 @@ class Trainer:
             ddp = self._ddp
             last = micro == t.grad_accum - 1
             with self._autocast(), (ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()):
-                out = ddp(batch[0]) if ddp is not None else self.model(batch[0])
-                loss = cross_entropy(out.logits, batch[1])
+                out = ddp(batch.tokens, batch.media) if ddp is not None else self.model(batch.tokens, batch.media)
+                loss = cross_entropy(out.logits, batch.targets)
                 total = loss
                 for name, extra in self.host.call_each("apt_extra_losses", trainer=self.view, batch=batch,
                                                        outputs=out).items():
@@ -460,9 +478,9 @@ class Trainer:
         for split, batches in (("train", self.eval_train_batches), ("val", self.val_batches)):
             total = 0.0
             for i in range(t.eval_iters):
-                x, y = (v.to(self.device) for v in batches.get(i, stream=f"eval-{split}"))
+                batch = batches.get(i, stream=f"eval-{split}").to(self.device)
                 with self._autocast():
-                    total += cross_entropy(self.model(x).logits, y).item()
+                    total += cross_entropy(self.model(batch.tokens, batch.media).logits, batch.targets).item()
             out[f"{split}_loss"] = total / t.eval_iters
         out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
         self.model.train()
@@ -494,9 +512,8 @@ class Trainer:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _batch(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.batches.get(self.step, micro)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def _batch(self, micro: int) -> Batch:
+        return self.batches.get(self.step, micro).to(self.device, non_blocking=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -672,6 +689,10 @@ def provider_modules(built: BuiltModel) -> list[tuple[str, torch.nn.Module]]:
     for block in built.model.blocks:
         assert isinstance(block, Block)
         found += [(keys["attention"], block.attn), (keys.get("router", keys["ffn"]), block.mlp)]
+    extras = built.model.extras
+    encoders = cast(torch.nn.ModuleDict, extras["encoders"]) if "encoders" in extras else torch.nn.ModuleDict()
+    found += [(key, encoders[p.modality]) for key, p in built.instances.items()
+              if isinstance(p, EncoderProvider) and p.modality in encoders]
     return found + [(keys[name], module) for name, module in built.model.extras.items() if name in keys]
 
 

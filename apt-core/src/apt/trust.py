@@ -30,6 +30,7 @@ FIRST_PARTY = frozenset({
     "apt-core", "apt-sandbox", "apt-marketplace",
     "apt-plugin-align", "apt-plugin-bpe", "apt-plugin-flash", "apt-plugin-moe", "apt-plugin-monitor", "apt-plugin-quant",
     "apt-plugin-report", "apt-plugin-retriever", "apt-plugin-tune", "apt-plugin-tva", "apt-plugin-voter",
+    "apt-plugin-vision", "apt-plugin-audio",
 })
 STORE_FILE = "trust.json"
 

@@ -28,6 +28,7 @@ BUILTIN = {
     "plugin-list": ("apt.cli.plugins", "same as: apt plugin list"),
     "plugin-info": ("apt.cli.plugins", "same as: apt plugin info"),
     "errors": ("apt.cli.errors", "failures recorded by past runs"),
+    "data": ("apt.cli.data", "build corpora that plugins provide (apt data prepare digits --out DIR)"),
 }
 
 #: Commands of first-party packages, so that a missing one's error says what to install.

@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--stop", help="end the answer before this text (e.g. a newline: $'\\n')")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    m = p.add_argument_group("media (a checkpoint trained with model.encoders)")
+    m.add_argument("--image", type=Path, metavar="FILE", help="caption or answer about this image (PNG, JPEG)")
+    m.add_argument("--audio", type=Path, metavar="FILE", help="transcribe or answer about this WAV file")
     r = p.add_argument_group("retrieval (pip install apt-plugin-retriever)")
     r.add_argument("--retriever", help="retriever provider: bm25 (default when --index is given) or dense")
     r.add_argument("--index", type=Path, help="index file from 'apt index build'")
@@ -69,6 +72,8 @@ def generate(argv: Sequence[str]) -> int:
                         untrusted=plan[0])
     if args.prompt_file is not None:
         return _generate_file(args)
+    if args.image is not None or args.audio is not None:
+        return _generate_media(args)
     if args.prompt is None:
         args.prompt = "\n"
     if args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
@@ -128,6 +133,34 @@ def generate(argv: Sequence[str]) -> int:
         if args.index is not None or args.vote is not None:
             print("---")
         print(args.prompt + text)
+    return 0
+
+
+def _generate_media(args: argparse.Namespace) -> int:
+    """``--image`` / ``--audio``: the answer after the media's slots and the prompt (default empty)."""
+    for flag, value in (("--index", args.index), ("--vote", args.vote), ("--prompt-file", args.prompt_file)):
+        if value is not None:
+            raise AptError(f"{flag} does not combine with --image/--audio yet; drop one of them")
+    if args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
+        raise AptError("--max-new-tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
+    from apt.checkpoint import load_model
+    from apt.generate import sample
+    from apt.media import MediaSpec, prompt_batch
+
+    loaded = load_model(args.checkpoint, device=args.device)
+    spec = MediaSpec.from_profile(loaded.profile)
+    if spec is None:
+        raise AptError(f"--checkpoint {args.checkpoint} is a text-only model (no model.encoders): drop --image/--audio")
+    prompt = args.prompt or ""
+    files = {m: path for m, path in (("image", args.image), ("audio", args.audio)) if path is not None}
+    media = prompt_batch(spec, loaded.tokenizer, prompt, files)
+    text = sample(loaded.model, loaded.tokenizer, prompt, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_k=args.top_k, seed=args.seed, device=args.device,
+                  stop="\n" if args.stop is None else args.stop, media=media)[0].text
+    if args.json:
+        print(json.dumps({"prompt": prompt, **{m: str(f) for m, f in files.items()}, "text": text}))
+    else:
+        print(prompt + text)
     return 0
 
 

@@ -186,6 +186,8 @@ def evaluate(argv: Sequence[str]) -> int:
     from apt.generate import evaluate_tokens
 
     loaded = load_model(args.checkpoint, device=args.device)
+    if loaded.profile.model.encoders:
+        return _evaluate_media(args, loaded)
     ids: list[int] = []
     for chunk in read_chunks(Path(args.data), args.format, args.jsonl_field, "--data"):
         ids.extend(loaded.tokenizer.encode(chunk))
@@ -199,4 +201,28 @@ def evaluate(argv: Sequence[str]) -> int:
     else:
         print(f"loss {loss:.4f} | perplexity {result['perplexity']:.3f} | {count:,} tokens | "
               f"checkpoint {loaded.path} (step {result['step']})")
+    return 0
+
+
+def _evaluate_media(args: Any, loaded: Any) -> int:
+    """Loss on the text of a multimodal JSONL and task accuracy: the greedy answer from each record's
+    media (its text unseen) against its text, exact match."""
+    import math
+
+    from apt.media import MediaSpec, accuracy, evaluate_records, read_records, transcribe
+
+    spec = MediaSpec.from_profile(loaded.profile)
+    assert spec is not None
+    records = read_records(Path(args.data), spec, loaded.tokenizer, loaded.model.dims.block_size,
+                           field_name=args.jsonl_field, key="--data")
+    loss, count = evaluate_records(loaded.model, spec, records.items, device=args.device)
+    answers = transcribe(loaded.model, spec, loaded.tokenizer, records.items, device=args.device)
+    acc = accuracy(answers, records.items)
+    result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "accuracy": acc,
+              "records": len(records), "checkpoint": str(loaded.path), "step": loaded.state["step"]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"loss {loss:.4f} | accuracy {acc:.2%} ({round(acc * len(records))}/{len(records)} exact) | "
+              f"{count:,} tokens | checkpoint {loaded.path} (step {result['step']})")
     return 0

@@ -31,9 +31,13 @@ from apt.providers import (
     MODEL_KINDS,
     AlignProvider,
     AttentionProvider,
+    EncoderProvider,
     EvidenceAligner,
     FFNProvider,
+    Fusion,
+    FusionProvider,
     HasInferenceForm,
+    MediaEncoder,
     ModelDims,
     Provider,
     QuantProvider,
@@ -59,32 +63,41 @@ DIMS = (
     ModelDims(n_layer=3, n_head=1, d_model=48, block_size=12, vocab_size=5),
 )
 _BUILTINS = {"attention.sdpa": "apt.builtin.providers:SDPAProvider", "ffn.dense": "apt.builtin.providers:DenseFFNProvider",
-             "tokenizer.char": "apt.tokenizers:CharProvider", "tokenizer.byte": "apt.tokenizers:ByteProvider"}
+             "tokenizer.char": "apt.tokenizers:CharProvider", "tokenizer.byte": "apt.tokenizers:ByteProvider",
+             "fusion.prefix": "apt.builtin.fusion:PrefixFusionProvider",
+             "fusion.xattn": "apt.builtin.fusion:XAttnFusionProvider"}
 _CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 #: Text a tokenizer is trained on (with the corpus) and must round-trip: accents, CJK, emoji, combining marks.
 UNICODE_TEXT = "Grüße aus Köln — naïve café; 東京の夜 🙂👍🏽 e\u0301 ∑x² «quoted»\n"
 #: Text no tokenizer saw in training: encoded whole where ``encodable`` keeps it whole.
 UNSEEN_TEXT = "Zebras ǅ ⟨ψ|φ⟩ 🚀 Ωmega\tend"
 #: Kinds the trainer uses directly (model parts, and the tokenizer through data.tokenizer).
-TRAINED_KINDS = (*MODEL_KINDS, "tokenizer")
+TRAINED_KINDS = (*MODEL_KINDS, "encoder", "tokenizer")
 
 
 def check_provider(provider: type[Provider], options: Mapping[str, Any] | None = None,
-                   dims: tuple[ModelDims, ...] = DIMS) -> None:
-    """Every check below, in order; ``options`` configure the provider as a profile would."""
+                   dims: tuple[ModelDims, ...] = DIMS, media_sample: Path | None = None) -> None:
+    """Every check below, in order; ``options`` configure the provider as a profile would, and an
+    encoder is fed ``media_sample`` (a file of its modality)."""
     check_torch_free_import(provider)
     check_declaration(provider)
     check_config_fields(provider)
     check_self_test(provider, options)
-    check_behaviour(provider, options, dims)
+    check_behaviour(provider, options, dims, media_sample)
     if provider.kind in TRAINED_KINDS:
-        check_trains(provider, options)
+        check_trains(provider, options, media_sample=media_sample)
 
 
 def check_behaviour(provider: type[Provider], options: Mapping[str, Any] | None = None,
-                    dims: tuple[ModelDims, ...] = DIMS) -> None:
+                    dims: tuple[ModelDims, ...] = DIMS, media_sample: Path | None = None) -> None:
     """What the provider builds does its kind's job: modules for model parts, the service object otherwise."""
-    if provider.kind in MODEL_KINDS:
+    if issubclass(provider, EncoderProvider):
+        assert media_sample is not None, (f"{provider.__name__}: an encoder's conformance test needs a sample "
+                                          f"{provider.modality} file (override the media_sample fixture)")
+        check_encoder(provider, media_sample, options, dims)
+    elif issubclass(provider, FusionProvider):
+        check_fusion(provider, options, dims)
+    elif provider.kind in MODEL_KINDS:
         check_modules(provider, options, dims)
         if provider.kind == "attention":
             check_cached_generation(provider, options)
@@ -212,9 +225,11 @@ def check_cached_generation(provider: type[Provider], options: Mapping[str, Any]
             a, b = cached.step([0, 1], tokens), full.step([0, 1], tokens)
 
 
-def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = None, steps: int = 3) -> None:
+def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = None, steps: int = 3, *,
+                 media_sample: Path | None = None) -> None:
     """The real trainer runs ``steps`` optimizer steps of a tiny model using the provider (hooks included)
-    with finite losses, then writes a checkpoint that loads back."""
+    with finite losses, then writes a checkpoint that loads back (an encoder trains on records that
+    pair ``media_sample`` with short texts)."""
     from apt.checkpoint import load_model
     from apt.profile import Profile
     from apt.trainer import Trainer
@@ -227,6 +242,13 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
         data: dict[str, Any] = {"train_path": str(corpus)}
         if provider.kind == "tokenizer":
             data["tokenizer"] = provider.name
+        elif issubclass(provider, EncoderProvider):
+            assert media_sample is not None, f"{provider.__name__}: training an encoder needs a media_sample"
+            data["train_path"] = str(_media_corpus(tmp, provider.modality, media_sample))
+            model["encoders"] = {provider.modality: provider.name}
+            encoder = _instance(provider, options)
+            assert isinstance(encoder, EncoderProvider)
+            model["block_size"] = 16 + encoder.tokens()
         else:
             model[provider.kind] = provider.name
         profile = cfg.build(Profile, {
@@ -240,8 +262,9 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
         })
         registry = _registry(provider)
         trainer = Trainer(profile, registry=registry, strict=True, echo=lambda _: None)
+        used = f"encoder.{provider.modality}" if issubclass(provider, EncoderProvider) else provider.kind
         if provider.kind != "tokenizer":
-            assert trainer.built.providers[provider.kind]["name"] == provider.name
+            assert trainer.built.providers[used]["name"] == provider.name
         result = trainer.run()
         assert result.step == steps and result.stop_reason == "finished", result
         losses = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -252,6 +275,9 @@ def check_trains(provider: type[Provider], options: Mapping[str, Any] | None = N
         if provider.kind == "tokenizer":
             assert loaded.tokenizer.state() == trainer.tokenizer.state(), (
                 f"{provider.__name__}: the checkpoint does not bring back the tokenizer it was trained with")
+        elif issubclass(provider, EncoderProvider):
+            assert loaded.profile.model.encoders == {provider.modality: provider.name}
+            assert any(key.startswith(f"extras.encoders.{provider.modality}.") for key in loaded.state["model"])
         else:
             assert getattr(loaded.profile.model, provider.kind) == provider.name
 
@@ -366,6 +392,107 @@ def check_tokenizer(provider: type[Provider], options: Mapping[str, Any] | None 
     assert restored.state() == state and restored.vocab_size == size, f"{name}: from_state(state()) is another tokenizer"
     for text in (_CORPUS[:300], UNICODE_TEXT, tokenizer.encodable(UNSEEN_TEXT)):
         assert restored.encode(text) == tokenizer.encode(text), f"{name}: the restored tokenizer encodes {text!r} differently"
+
+
+def check_encoder(provider: type[EncoderProvider], sample: Path, options: Mapping[str, Any] | None = None,
+                  dims: tuple[ModelDims, ...] = DIMS) -> None:
+    """``load`` turns ``sample`` into a finite tensor and a file that is not media into an
+    :class:`apt.AptError`; the module maps two stacked items to (2, ``tokens()``, ``d_out``), finite
+    forward and backward, deterministic in eval, and its state survives ``torch.save``."""
+    import torch
+
+    instance = _instance(provider, options)
+    assert isinstance(instance, EncoderProvider)
+    item = instance.load(sample)
+    assert isinstance(item, torch.Tensor) and item.is_floating_point() and torch.isfinite(item).all(), (
+        f"{provider.__name__}.load({sample.name}) must return a finite float tensor")
+    assert torch.equal(item, instance.load(sample)), f"{provider.__name__}.load is not deterministic"
+    with _scratch() as tmp:
+        junk = tmp / f"junk{sample.suffix}"
+        junk.write_bytes(b"this is not a media file\n" * 4)
+        try:
+            instance.load(junk)
+        except AptError:
+            pass
+        else:
+            raise AssertionError(f"{provider.__name__}.load accepted a text file named {junk.name}; it must "
+                                 f"raise apt.AptError naming why")
+    batch = torch.stack([item, item.flip(-1)])  # (2, *item_shape)
+    for d in dims:
+        instance.check(d)
+        torch.manual_seed(0)
+        module = instance.build(d)
+        torch.manual_seed(0)
+        twin = instance.build(d)
+        name = f"{provider.__name__} built for {d}"
+        _assert_same_state(module, twin, f"{name}: two builds under one seed differ")
+        assert isinstance(module, MediaEncoder), f"{name}: the module needs int attributes n_tokens and d_out"
+        assert module.n_tokens == instance.tokens(), f"{name}: n_tokens {module.n_tokens} != tokens() {instance.tokens()}"
+        out = module(batch)
+        assert out.shape == (2, module.n_tokens, module.d_out), f"{name}: output {tuple(out.shape)}"
+        assert torch.isfinite(out).all(), f"{name}: non-finite output"
+        out.square().mean().backward()
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), f"{name}: gradients"
+        module.eval()
+        with torch.no_grad():
+            assert torch.equal(module(batch), module(batch)), f"{name}: eval forward is not deterministic"
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        buffer.seek(0)
+        twin.load_state_dict(torch.load(buffer, weights_only=True))
+        _assert_same_state(module, twin, f"{name}: the state dict does not survive torch.save/weights_only load")
+
+
+def check_fusion(provider: type[FusionProvider], options: Mapping[str, Any] | None = None,
+                 dims: tuple[ModelDims, ...] = DIMS) -> None:
+    """With random features for two media, ``inject`` and ``after_block`` keep (B, T, C), stay finite,
+    leave a batch without media exactly alone, and give the features finite gradients."""
+    import torch
+
+    from apt.batch import Media
+
+    instance = _instance(provider, options)
+    assert isinstance(instance, FusionProvider)
+    encoders = {"image": (4, 24), "audio": (3, 16)}
+    for d in dims:
+        instance.check(d)
+        torch.manual_seed(0)
+        module = instance.build(d, encoders)
+        name = f"{provider.__name__} built for {d}"
+        assert isinstance(module, Fusion), f"{name}: the module needs inject and after_block (apt.providers.Fusion)"
+        slots = {m: instance.slots(m, n) for m, (n, _) in encoders.items()}
+        B, T = 3, d.block_size
+        assert sum(slots.values()) < T, f"{name}: slots {slots} leave no room for text in {T} positions"
+        features = {m: torch.randn(2, n, width, requires_grad=True) for m, (n, width) in encoders.items()}
+        media = Media({m: torch.zeros(2) for m in encoders}, {"image": torch.tensor([0, 1]), "audio": torch.tensor([0, 2])},
+                      {"image": torch.tensor([0, 0]), "audio": torch.tensor([slots["image"], 0])}, features)
+        x = torch.randn(B, T, d.d_model)
+        out = module.inject(x, media)
+        for layer in range(d.n_layer):
+            out = module.after_block(layer, out, media)
+        assert out.shape == x.shape and torch.isfinite(out).all(), f"{name}: output {tuple(out.shape)}, finite?"
+        (out.square().mean() + sum(f.sum() * 0 for f in features.values())).backward()
+        assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in features.values()), f"{name}: grads"
+        text_only = Media({}, {}, {}, {})
+        plain = module.inject(x, text_only)
+        for layer in range(d.n_layer):
+            plain = module.after_block(layer, plain, text_only)
+        assert torch.equal(plain, x), f"{name}: a batch without media must pass through unchanged"
+
+
+def _media_corpus(tmp: Path, modality: str, sample: Path) -> Path:
+    """Eight records pairing copies of ``sample`` with short texts, and two without media."""
+    import shutil
+
+    lines = []
+    for i in range(8):
+        shutil.copy(sample, tmp / f"item{i}{sample.suffix}")
+        lines.append(json.dumps({"text": f"item {i % 4}", modality: f"item{i}{sample.suffix}"}))
+    lines += [json.dumps({"text": "no media here"})] * 2
+    corpus = tmp / "media.jsonl"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return corpus
 
 
 def tiny_model(vocab_size: int = 13, seed: int = 0) -> LanguageModel:

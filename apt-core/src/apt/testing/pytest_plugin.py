@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from apt.providers import MODEL_KINDS, Provider
+from apt.providers import Provider
 from apt.testing import contract
 
 
@@ -33,6 +33,11 @@ class ProviderContract:
     def provider_options(self) -> Mapping[str, Any]:
         return {}
 
+    @pytest.fixture
+    def media_sample(self) -> Path | None:
+        """An encoder's test returns a file of its modality here (a PNG, a WAV) to load and encode."""
+        return None
+
     def test_imports_without_torch(self) -> None:
         contract.check_torch_free_import(self.provider)
 
@@ -45,10 +50,10 @@ class ProviderContract:
     def test_self_test(self, provider_options: Mapping[str, Any]) -> None:
         contract.check_self_test(self.provider, provider_options)
 
-    def test_behaviour(self, provider_options: Mapping[str, Any]) -> None:
-        contract.check_behaviour(self.provider, provider_options)
+    def test_behaviour(self, provider_options: Mapping[str, Any], media_sample: Path | None) -> None:
+        contract.check_behaviour(self.provider, provider_options, media_sample=media_sample)
 
-    def test_trains(self, provider_options: Mapping[str, Any]) -> None:
-        if self.provider.kind not in (*MODEL_KINDS, "tokenizer"):
+    def test_trains(self, provider_options: Mapping[str, Any], media_sample: Path | None) -> None:
+        if self.provider.kind not in contract.TRAINED_KINDS:
             pytest.skip(f"{self.provider.kind} providers take no part in training")
-        contract.check_trains(self.provider, provider_options)
+        contract.check_trains(self.provider, provider_options, media_sample=media_sample)
