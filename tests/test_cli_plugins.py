@@ -67,7 +67,8 @@ def test_broken_plugin_is_reported_and_falls_back(tmp_path, env):
 def test_without_plugins_training_falls_back_with_one_warning_each(tmp_path, env, venv_without_plugins):
     listed = run(["plugin", "list"], env=env, cwd=tmp_path, python=venv_without_plugins)
     assert listed.returncode == 0
-    core = [["attention", "sdpa"], ["ffn", "dense"], ["tokenizer", "byte"], ["tokenizer", "char"]]
+    core = [["attention", "sdpa"], ["ffn", "dense"], ["fusion", "prefix"], ["fusion", "xattn"], ["tokenizer", "byte"],
+            ["tokenizer", "char"]]
     assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == core
     trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=3"], env=env, cwd=tmp_path,
                   python=venv_without_plugins)

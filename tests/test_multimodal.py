@@ -46,6 +46,13 @@ def test_a_captioner_trained_from_the_cli_reads_held_out_digits(digits, env):
     result = json.loads(evaluated.stdout)
     assert result["records"] == 360 and result["accuracy"] >= 0.6, result  # chance is 0.1
 
+    quantised = run(["quantize", "--checkpoint", "runs/cap", "--method", "int8_dynamic", "--out", "q8",
+                     "--speed-rounds", "1", "--speed-tokens", "4"], env=env, cwd=digits)
+    assert quantised.returncode == 0, quantised.stderr  # the LM is quantised; encoder and fusion stay fp32
+    again = run(["eval", "--checkpoint", "q8", "--data", "data/digits/val.jsonl", "--json"], env=env, cwd=digits)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["accuracy"] >= result["accuracy"] - 0.05
+
     val = [json.loads(line) for line in (digits / "data/digits/val.jsonl").read_text().splitlines()]
     hits = 0
     for record in val[:10]:

@@ -58,7 +58,14 @@ def test_batches_are_a_function_of_step_and_rank():
     x2, _ = Batches(tokens, 8, 4, seed=1).get(5, 0)
     assert torch.equal(x1, x2) and torch.equal(y1[:, :-1], x1[:, 1:])
     assert not torch.equal(a.get(6, 0)[0], x1)
-    assert not torch.equal(Batches(tokens, 8, 4, seed=1, rank=1).get(5, 0)[0], x1)
+    assert not torch.equal(Batches(tokens, 8, 4, seed=1, rank=1, world=2).get(5, 0)[0], x1)
+
+
+def test_two_ranks_together_see_the_one_rank_batch():
+    tokens = np.arange(5000) % 251
+    whole, _ = Batches(tokens, 8, 6, seed=3).get(7, 1)
+    halves = [Batches(tokens, 8, 3, seed=3, rank=r, world=2).get(7, 1)[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), whole)
 
 
 def test_sequential_windows_cover_every_target_once():

@@ -45,3 +45,25 @@ def test_two_ranks_at_batch_b_match_one_rank_at_batch_2b(tmp_path, env):
         assert shard["grad_norms"] == pytest.approx(alone["grad_norms"], rel=1e-5)
         for name, weight in alone["weights"].items():
             torch.testing.assert_close(shard["weights"][name], weight, rtol=0, atol=1e-6, msg=name)
+
+
+def test_apt_train_on_two_ranks_matches_one_rank_at_the_same_global_batch(tmp_path, env):
+    """20 steps through the CLI: --nproc 2 at batch 4 and --nproc 1 at batch 8 see the same data
+    (apt.data.Batches slices one global batch), so they end with the same weights and val loss."""
+    common = ["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=20", "--set", "train.eval_interval=20",
+              "--set", "model.dropout=0", "--set", "train.threads=1", "--set", "model.attention=sdpa"]
+    runs = {}
+    for nproc, batch in ((2, 4), (1, 8)):
+        run_dir = tmp_path / f"ranks{nproc}"
+        out = subprocess.run([sys.executable, "-m", "apt", *common, "--nproc", str(nproc), "--set",
+                              f"train.batch_size={batch}", "--set", f"checkpoint.dir={run_dir}"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if '"event": "eval"' in line]
+        state = torch.load(run_dir / "checkpoints" / "step-00000020.pt", weights_only=True)["model"]
+        runs[nproc] = (evals[-1]["val_loss"], state)
+    (val2, weights2), (val1, weights1) = runs[2], runs[1]
+    assert abs(val2 - val1) < 1e-4, (val2, val1)
+    for key, value in weights1.items():
+        assert torch.allclose(weights2[key], value, atol=1e-4), key

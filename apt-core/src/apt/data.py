@@ -160,14 +160,22 @@ def window_batch(tokens: np.ndarray, offsets: Sequence[int] | np.ndarray, block_
 
 
 class Batches:
-    """Random windows of ``block_size + 1`` tokens, a pure function of (seed, step, micro, rank)."""
+    """Random windows of ``block_size + 1`` tokens, a pure function of (seed, step, micro).
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0) -> None:
+    Every rank draws the same global batch of ``world * batch_size`` windows and keeps its own
+    slice, so the data of a step does not depend on how many ranks share it: one rank at batch
+    2B sees exactly what two ranks at batch B see together, and a run resumed on another number
+    of ranks continues on the same data.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
+        self.world = world
         self.high = len(tokens) - block_size - 1
 
     @property
@@ -176,9 +184,16 @@ class Batches:
         return len(self.tokens) // self.block_size
 
     def get(self, step: int, micro: int = 0, stream: str = "train") -> Batch:
-        gen = torch.Generator().manual_seed(seed_for(self.seed, stream, step, micro, self.rank))
-        offsets = torch.randint(0, self.high + 1, (self.batch_size,), generator=gen).numpy()
+        offsets = global_picks(self.seed, stream, step, micro, self.high + 1, self.batch_size, self.rank, self.world)
         return Batch(*window_batch(self.tokens, offsets, self.block_size))
+
+
+def global_picks(seed: int, stream: str, step: int, micro: int, high: int, batch_size: int, rank: int,
+                 world: int) -> list[int]:
+    """This rank's ``batch_size`` of the ``world * batch_size`` draws in ``[0, high)`` for (step, micro)."""
+    gen = torch.Generator().manual_seed(seed_for(seed, stream, step, micro))
+    picks = torch.randint(0, high, (world * batch_size,), generator=gen)
+    return picks[rank * batch_size:(rank + 1) * batch_size].tolist()
 
 
 def sequential_windows(tokens: np.ndarray, block_size: int) -> Iterator[tuple[int, int]]:

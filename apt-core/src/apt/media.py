@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from apt.batch import Batch, Media
-from apt.data import corpus_paths, seed_for
+from apt.data import corpus_paths, global_picks
 from apt.errors import AptError, ConfigError
 from apt.model import LanguageModel
 from apt.profile import DataConfig, Profile
@@ -257,22 +257,23 @@ def gather_media(records: list[Record], starts_of: list[dict[str, int]]) -> Medi
 
 
 class RecordBatches:
-    """Random records, a pure function of (seed, step, micro, rank) like :class:`apt.data.Batches`."""
+    """Random records, drawn like :class:`apt.data.Batches` windows (the same for any number of ranks)."""
 
-    def __init__(self, records: Records, spec: MediaSpec, batch_size: int, seed: int, rank: int = 0) -> None:
+    def __init__(self, records: Records, spec: MediaSpec, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.records = records.items
         self.spec = spec
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
+        self.world = world
 
     @property
     def samples(self) -> int:
         return len(self.records)
 
     def get(self, step: int, micro: int = 0, stream: str = "train") -> Batch:
-        gen = torch.Generator().manual_seed(seed_for(self.seed, stream, step, micro, self.rank))
-        picks = torch.randint(0, len(self.records), (self.batch_size,), generator=gen).tolist()
+        picks = global_picks(self.seed, stream, step, micro, len(self.records), self.batch_size, self.rank, self.world)
         return collate([self.records[i] for i in picks], self.spec)
 
 

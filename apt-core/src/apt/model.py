@@ -129,6 +129,13 @@ class LanguageModel(nn.Module):
         h = self.ln_f(x)
         return Output(self.lm_head(h), h)
 
+    def media_parts(self) -> tuple[str, ...]:
+        """Names of the submodules that serve media (encoders, fusion), not the language model itself.
+
+        What rewriters of the LM (quantisers) leave as they are: they run only when media come in.
+        """
+        return tuple(f"extras.{name}" for name in ("encoders", "fusion") if name in self.extras)
+
     def num_params(self) -> int:
         """Parameters, counting the tied head once and leaving out position embeddings (as GPT-2 does)."""
         return sum(p.numel() for p in self.parameters()) - self.pos_emb.weight.numel()

@@ -175,9 +175,9 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-        self.batches = self._batches("train", self.dist.rank)
-        self.val_batches = self._batches("val")
-        self.eval_train_batches = self._batches("train")
+        self.batches = self._batches("train", self.dist.rank, self.dist.world)
+        self.val_batches = self._batches("val", self.dist.rank, self.dist.world)
+        self.eval_train_batches = self._batches("train", self.dist.rank, self.dist.world)
         world_samples = t.batch_size * t.grad_accum * self.dist.world
         self.steps_per_epoch = t.epoch_iters or max(1, self.batches.samples // world_samples)
         self.schedule = Schedule(profile.schedules, t.max_iters, self.steps_per_epoch)
@@ -222,13 +222,13 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         self._ddp = DistributedDataParallel(self.model, device_ids=ids)
 
-    def _batches(self, split: str, rank: int = 0) -> Batches | RecordBatches:
+    def _batches(self, split: str, rank: int = 0, world: int = 1) -> Batches | RecordBatches:
         t, block = self.profile.train, self.profile.model.block_size
         if self.media is None:
             tokens = self.corpus.train if split == "train" else self.corpus.val
-            return Batches(tokens, block, t.batch_size, t.seed, rank)
+            return Batches(tokens, block, t.batch_size, t.seed, rank, world)
         train, val = self.records
-        return RecordBatches(train if split == "train" else val, self.media, t.batch_size, t.seed, rank)
+        return RecordBatches(train if split == "train" else val, self.media, t.batch_size, t.seed, rank, world)
 
     def _shared_run_id(self) -> str:
         """Rank 0's id on every rank, so the error store ties the ranks' records to one run."""
@@ -471,18 +471,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over fixed train and validation batches (the same ones at every evaluation)."""
+        """Mean loss over fixed train and validation batches (the same ones at every evaluation).
+
+        Each rank evaluates its slice of the global batches and the ranks average, so the figure
+        is the same for any number of ranks at one global batch size.
+        """
         t = self.profile.train
         self.model.eval()
-        out = {}
-        for split, batches in (("train", self.eval_train_batches), ("val", self.val_batches)):
-            total = 0.0
+        losses = torch.zeros(2, device=self.device)
+        for j, batches in enumerate((self.eval_train_batches, self.val_batches)):
+            split = ("train", "val")[j]
             for i in range(t.eval_iters):
                 batch = batches.get(i, stream=f"eval-{split}").to(self.device)
                 with self._autocast():
-                    total += cross_entropy(self.model(batch.tokens, batch.media).logits, batch.targets).item()
-            out[f"{split}_loss"] = total / t.eval_iters
-        out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
+                    losses[j] += cross_entropy(self.model(batch.tokens, batch.media).logits, batch.targets).float()
+        if self.dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(losses)
+            losses /= self.dist.world
+        train_loss, val_loss = (losses / t.eval_iters).tolist()
+        out = {"train_loss": train_loss, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         self.model.train()
         return out
 

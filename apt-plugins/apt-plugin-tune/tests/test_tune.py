@@ -232,3 +232,33 @@ def test_postgresql_storage(tmp_path, env):
     finally:
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.mark.slow
+def test_nproc_trains_each_trial_on_two_ranks_and_a_prune_stops_every_rank(tmp_path, env):
+    profile = write_profile(tmp_path, PROFILE.split("search:")[0] + "search:\n"
+                            "  train.lr: {type: categorical, choices: [0.005, 40.0]}\n")
+    study_dir = tmp_path / "runs" / "tune" / "tiny_tune"
+    study_dir.mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "journal.log")))
+    queued = optuna.create_study(study_name="tiny_tune", storage=storage, direction="minimize")
+    for lr in (0.005, 0.005, 40.0):
+        queued.enqueue_trial({"train.lr": lr})
+    result = run(["tune", "-p", str(profile), "--trials", "3", "--nproc", "2", "--set", "train.max_iters=200",
+                  "--set", "train.threads=1"], env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert states(journal_study(study_dir)) == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    for number in (0, 1):
+        log = (study_dir / "trials" / f"{number:04d}" / "train.log").read_text()
+        assert "done: 2 ranks finished" in log, log[-2000:]
+    pruned = study_dir / "trials" / "0002"
+    assert (pruned / "metrics.jsonl").read_text().count('"event": "step"') < 200
+    left = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(str(pruned / "profile.yaml"))]
+    assert left == [], "a rank of the pruned trial is still running"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

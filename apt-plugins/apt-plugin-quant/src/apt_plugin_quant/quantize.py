@@ -64,7 +64,9 @@ def int8_dynamic(model: LanguageModel, *, per_channel: bool = True, head: bool =
         more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
         raise AptError(f"quant.int8_dynamic only quantises nn.Linear layers and cannot reach {problems[0]}{more}; "
                        f"use --method bf16 instead")
-    linears = [name for name, m in model.named_modules() if type(m) is nn.Linear and (head or name != "lm_head")]
+    media = model.media_parts()
+    linears = [name for name, m in model.named_modules()
+               if type(m) is nn.Linear and (head or name != "lm_head") and not _within(name, media)]
     if not linears:
         raise AptError(f"quant.int8_dynamic found no nn.Linear layer in {type(model).__name__} to quantise; "
                        f"use --method bf16 instead")
@@ -77,7 +79,8 @@ def int8_dynamic(model: LanguageModel, *, per_channel: bool = True, head: bool =
         quantized = quantize_dynamic(model, {name: qconfig for name in linears}, dtype=torch.qint8,
                                      inplace=model is not original)  # a copy already: quantise it in place
     original.train(was_training)
-    left = [name for name, m in quantized.named_modules() if type(m) is nn.Linear and (head or name != "lm_head")]
+    left = [name for name, m in quantized.named_modules()
+            if type(m) is nn.Linear and (head or name != "lm_head") and not _within(name, media)]
     if left:
         raise AptError(f"quant.int8_dynamic left {left[0]} in fp32; use --method bf16 instead")
     result = cast("LanguageModel", quantized.eval())
@@ -110,6 +113,11 @@ def inference_forms(model: nn.Module) -> nn.Module:
     return model
 
 
+def _within(name: str, parts: tuple[str, ...]) -> bool:
+    """Whether module ``name`` is one of ``parts`` or inside one (the media encoders and fusion stay fp32)."""
+    return any(name == part or name.startswith(f"{part}.") for part in parts)
+
+
 def _has_form(module: nn.Module) -> TypeGuard[HasInferenceForm]:
     """Looked up on the class, so a submodule or buffer that happens to be called ``inference_form`` is no form."""
     return isinstance(module, HasInferenceForm)
@@ -123,8 +131,9 @@ def bf16(model: LanguageModel) -> LanguageModel:
 def unsupported_layers(model: LanguageModel) -> list[str]:
     """Weights int8_dynamic cannot reach, as ``path (Type): why`` descriptions, static ones first."""
     problems = []
+    media = model.media_parts()
     for name, module in model.named_modules():
-        if type(module) is nn.Linear or isinstance(module, _KEPT):
+        if type(module) is nn.Linear or isinstance(module, _KEPT) or _within(name, media):
             continue
         for pname, p in module.named_parameters(recurse=False):
             if p.is_floating_point() and p.dim() >= 2:

@@ -19,6 +19,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--profile", help="YAML file with a search: section (parameter -> distribution)")
     p.add_argument("--trials", type=int, help="finished trials the study should reach (complete, pruned or failed)")
     p.add_argument("--workers", type=int, default=1, help="trials trained at the same time by this process")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train each trial on N ranks (apt train --nproc N); every rank trains the trial this "
+                        "process sampled, and pruning stops the whole group")
     p.add_argument("--storage", metavar="URL",
                    help="default: a journal file in the study directory (safe for several workers and processes); "
                         "sqlite:///FILE (one worker), postgresql://USER@HOST/DB, or a journal file path")
@@ -50,6 +53,8 @@ def tune(argv: Sequence[str]) -> int:
         raise AptError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
         raise AptError(f"--workers must be >= 1, got {args.workers}")
+    if args.nproc < 1:
+        raise AptError(f"--nproc must be >= 1, got {args.nproc}")
     if args.profile is None and (args.trials is not None or args.study is None):
         raise AptError("apt tune: -p PROFILE is required" + ("" if args.trials else " (or --study NAME with --report)"))
     timeout = parse_duration(args.timeout) if args.timeout is not None else None
@@ -67,7 +72,7 @@ def tune(argv: Sequence[str]) -> int:
         from apt_plugin_tune.study import Options, Tuner
 
         opts = Options(profile, study, study_dir, args.storage, args.trials, args.workers, timeout,
-                       args.sampler, args.pruner, args.seed)
+                       args.sampler, args.pruner, args.seed, args.nproc)
         code = Tuner(opts).run()
     if args.report and code == 0:
         from apt_plugin_tune.report import run_report

@@ -42,6 +42,8 @@ class Options:
     sampler: str
     pruner: str
     seed: int | None
+    #: Ranks per trial: the study samples each trial once, here, so every rank trains the same one.
+    nproc: int = 1
 
 
 def quiet_optuna() -> None:
@@ -176,7 +178,7 @@ class Tuner:
             path, data = trials.write_profile(o.profile, params, run_dir)
             trial.set_user_attr(PROFILE, data)
             trial.set_user_attr("run_dir", str(run_dir.resolve()))
-            outcome = trials.run(trial, path, run_dir, self.stop, resume=resume)
+            outcome = trials.run(trial, path, run_dir, self.stop, resume=resume, nproc=self.opts.nproc)
         except Exception:
             self.study.tell(trial, state=TrialState.FAIL)
             raise

@@ -92,14 +92,20 @@ class MetricsTail:
         return out
 
 
-def run(trial: Any, profile_path: Path, run_dir: Path, stop: threading.Event, *, resume: bool = False) -> Outcome:
+def run(trial: Any, profile_path: Path, run_dir: Path, stop: threading.Event, *, resume: bool = False,
+        nproc: int = 1) -> Outcome:
     """Train the trial's profile, report each eval loss and stop the run as soon as Optuna prunes it.
 
     ``resume``: continue the run directory's newest checkpoint (a retried trial picks up where the
     killed one stopped; its replayed evals are identical, so each step is reported once).
+    ``nproc`` > 1 trains on that many ranks under torch's elastic launcher. The trial was sampled
+    here, once, and every rank reads its profile file, so no rank can train other settings; rank 0
+    writes the metrics this process reports, and pruning terminates the launcher, which stops
+    every rank (the same path as Ctrl-C).
     """
     cmd = [sys.executable, "-m", "apt_plugin_tune.launch", str(os.getpid()),
-           "train", "-p", str(profile_path), "--resume" if resume else "--overwrite", *(["auto"] if resume else [])]
+           "train", "-p", str(profile_path), "--resume" if resume else "--overwrite", *(["auto"] if resume else []),
+           *(["--nproc", str(nproc)] if nproc > 1 else [])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail = MetricsTail(run_dir / "metrics.jsonl")
     outcome = Outcome("failed")
