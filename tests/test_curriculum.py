@@ -38,7 +38,7 @@ def test_moe_switches_on_at_epoch_two_and_follows_its_schedule(tmp_path, env):
         assert by_epoch[epoch]["moe.capacity"] == pytest.approx(expected_capacity[epoch])
         assert by_epoch[epoch]["moe.route_temp"] == pytest.approx(expected_temp[epoch])
     last = steps[-1]
-    assert len(last["moe.expert_frac"]) == 4 and sum(last["moe.expert_frac"]) == pytest.approx(1.0)
+    assert len(last["moe.expert_frac"]) == 4 and sum(last["moe.expert_frac"]) == pytest.approx(1.0, abs=1e-4)  # 5 decimals each
     assert 0.0 <= last["moe.dropped_frac"] < 1.0 and last["aux.router.topk_moe"] > 0
     epochs = records(run_dir, "epoch")
     assert [e["enabled.moe"] for e in epochs] == [False, True, True, True]

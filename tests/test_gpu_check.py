@@ -63,7 +63,9 @@ def test_dry_run_figures_are_finite(dry_run: tuple[subprocess.CompletedProcess[s
     train = row["train"]
     for key in ("tokens_per_s", "mfu", "flops_per_token", "seconds", "first_loss", "last_loss"):
         assert finite(train[key]) and train[key] > 0, (key, train[key])
-    assert 0 < train["mfu"] < 1
+    # The dry run's "peak" is one measured CPU bf16 matmul, not a ceiling: training's own kernels have
+    # beaten it (MFU 1.1-1.2 seen), so only a GPU's data-sheet peak would bound MFU by 1.
+    assert train["mfu"] > 0
     assert set(row["generate"]) == {"fp32", "bf16"}
     for gen in row["generate"].values():
         assert finite(gen["speedup"]) and gen["speedup"] > 0
