@@ -133,15 +133,21 @@ def test_a_sampled_value_the_core_rejects_stops_the_study_naming_the_search_entr
            f"{profile}:6" in result.stderr
 
 
-def test_pruning_stops_a_diverging_trial_early(tmp_path, env):
-    profile = write_profile(tmp_path, PROFILE.split("search:")[0] + "search:\n"
+def diverging_third_trial(root: Path) -> tuple[Path, Path]:
+    """A study queued with two sane learning rates, then one that diverges: what the median pruner stops."""
+    profile = write_profile(root, PROFILE.split("search:")[0] + "search:\n"
                             "  train.lr: {type: categorical, choices: [0.005, 40.0]}\n")
-    study_dir = tmp_path / "runs" / "tune" / "tiny_tune"
+    study_dir = root / "runs" / "tune" / "tiny_tune"
     study_dir.mkdir(parents=True)
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "journal.log")))
     queued = optuna.create_study(study_name="tiny_tune", storage=storage, direction="minimize")
     for lr in (0.005, 0.005, 40.0):
         queued.enqueue_trial({"train.lr": lr})
+    return profile, study_dir
+
+
+def test_pruning_stops_a_diverging_trial_early(tmp_path, env):
+    profile, study_dir = diverging_third_trial(tmp_path)
     # long enough that the trial cannot finish in the moment between its first eval and the prune
     result = run(["tune", "-p", str(profile), "--trials", "3", "--pruner", "median", "--set", "train.max_iters=400"],
                  env=env, cwd=tmp_path)
@@ -236,14 +242,7 @@ def test_postgresql_storage(tmp_path, env):
 
 @pytest.mark.slow
 def test_nproc_trains_each_trial_on_two_ranks_and_a_prune_stops_every_rank(tmp_path, env):
-    profile = write_profile(tmp_path, PROFILE.split("search:")[0] + "search:\n"
-                            "  train.lr: {type: categorical, choices: [0.005, 40.0]}\n")
-    study_dir = tmp_path / "runs" / "tune" / "tiny_tune"
-    study_dir.mkdir(parents=True)
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "journal.log")))
-    queued = optuna.create_study(study_name="tiny_tune", storage=storage, direction="minimize")
-    for lr in (0.005, 0.005, 40.0):
-        queued.enqueue_trial({"train.lr": lr})
+    profile, study_dir = diverging_third_trial(tmp_path)
     result = run(["tune", "-p", str(profile), "--trials", "3", "--nproc", "2", "--set", "train.max_iters=200",
                   "--set", "train.threads=1"], env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, (result.stdout, result.stderr)
