@@ -53,6 +53,74 @@ def test_pickled_objects_are_not_executed(tmp_path):
         ckpt.load(path)
 
 
+# -- sharded checkpoints (step-N.dcp directories written through torch.distributed.checkpoint) ----
+
+
+def _sharded(run_dir, step, *, keep_last=3, best=False, value=None):
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(float(step) if value is None else value)
+    return model, ckpt.save_sharded(run_dir, {"step": step, "note": "meta"}, {"model": model.state_dict()},
+                                    keep_last=keep_last, best=best, main=True)
+
+
+def test_sharded_checkpoint_is_a_verified_directory_that_loads_into_a_model(tmp_path):
+    model, path = _sharded(tmp_path, 7, best=True)
+    assert path.name == "step-00000007.dcp" and (path / ckpt.META_FILE).is_file()
+    state = ckpt.load(path)
+    assert state["step"] == 7 and state["note"] == "meta" and "model" not in state
+    assert set(state["shards"]) == {f.name for f in path.iterdir() if f.name != ckpt.META_FILE}
+    fresh = torch.nn.Linear(3, 2)
+    ckpt.load_shards(path, fresh)
+    torch.testing.assert_close(fresh.state_dict(), model.state_dict(), rtol=0, atol=0)
+    assert ckpt.resolve(tmp_path).name == "best.dcp" and ckpt.resolve(path) == path
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_sharded_checkpoints_rotate_and_the_same_step_can_be_saved_again(tmp_path):
+    for step in (1, 2, 3):
+        _sharded(tmp_path, step, keep_last=2)
+    _, path = _sharded(tmp_path, 3, keep_last=2, value=9.0)
+    assert [s for s, _ in ckpt.step_checkpoints(tmp_path)] == [2, 3]
+    fresh = torch.nn.Linear(3, 2)
+    ckpt.load_shards(path, fresh)
+    assert fresh.weight.eq(9.0).all(), "the second save of step 3 replaced the first"
+
+
+def test_a_damaged_or_missing_shard_is_caught_by_its_checksum_and_resume_falls_back(tmp_path):
+    _sharded(tmp_path, 1)
+    _, newest = _sharded(tmp_path, 2)
+    shard = next(f for f in newest.iterdir() if f.suffix == ".distcp")
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{shard.name} does not match its sha256 checksum"):
+        ckpt.load(newest)
+    found = ckpt.latest(tmp_path)
+    assert found.path.name == "step-00000001.dcp"
+    assert found.skipped == [(newest, f"is damaged: shard file {shard.name} does not match its sha256 checksum")]
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=rf"is incomplete: shard file {shard.name} is missing"):
+        ckpt.load(newest)
+
+
+def test_a_manifest_cannot_point_outside_its_directory(tmp_path):
+    _, path = _sharded(tmp_path, 1)
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"x")
+    state = ckpt.load(path)
+    state["shards"] = {"../../secret": state["shards"].popitem()[1]}
+    ckpt.save_file(path / ckpt.META_FILE, {k: v for k, v in state.items() if k not in ("format", "format_version")})
+    with pytest.raises(CheckpointError, match=r"shard file \.\./\.\./secret is missing"):
+        ckpt.load(path)
+
+
+def test_a_sharded_checkpoint_for_another_model_names_the_directory(tmp_path):
+    _, path = _sharded(tmp_path, 1)
+    with pytest.raises(CheckpointError, match=rf"sharded checkpoint {path} does not match its model"):
+        ckpt.load_shards(path, torch.nn.Linear(4, 2))
+
+
 # -- quantised model files (DIR/model.pt with a quant recipe) ----------------------------------
 
 FAKE_QUANT = '''

@@ -56,12 +56,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             tmp.unlink(missing_ok=True)
         fsync_dir(path.parent)
     except (OSError, RuntimeError) as err:
-        if isinstance(err, DiskFullError) or not _out_of_space(err):
+        if isinstance(err, DiskFullError) or not out_of_space(err):
             raise
         raise DiskFullError(path, free_bytes(path.parent)) from err
 
 
-def _out_of_space(err: BaseException) -> bool:
+def out_of_space(err: BaseException) -> bool:
     """Whether ``err`` or what it wraps is ENOSPC/EDQUOT (torch.save turns it into a bare RuntimeError)."""
     seen: set[int] = set()
     current: BaseException | None = err

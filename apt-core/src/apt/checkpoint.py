@@ -12,6 +12,12 @@ A quantised model (``apt quantize``, from apt-plugin-quant) is a single checkpoi
 ``quant`` provider and loads the state into the result, so every command that takes
 ``--checkpoint`` runs a quantised model with no extra flag.
 
+Sharded checkpoints (``train.parallel: fsdp`` on several ranks) are directories,
+``step-NNNNNNNN.dcp/``: each rank writes its own shards through ``torch.distributed.checkpoint``
+into a temporary directory, then rank 0 writes ``apt.pt`` (everything but the tensors, plus the
+sha256 of every shard file) and renames the directory into place. DCP reshards on load, so such a
+checkpoint resumes on any number of ranks, one included, and ``apt generate`` reads it directly.
+
 Integrity: every checkpoint written since format version 2 carries ``state["sha256"]``, a digest
 of everything else in it (see :func:`payload_digest`), checked on every load; a mismatch is a
 :class:`CheckpointError` naming the file, never a silent load of damaged weights. Version 1 files
@@ -21,11 +27,14 @@ and the next save of a resumed run writes a verified one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import re
+import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +43,7 @@ import torch
 
 from apt import __version__
 from apt import config as cfg
-from apt.atomic import DiskFullError, atomic_write
+from apt.atomic import DiskFullError, atomic_write, free_bytes, fsync_dir, out_of_space
 from apt.errors import AptError, CheckpointError, ConfigError
 from apt.model import LanguageModel, ModelBuilder
 from apt.profile import Profile
@@ -47,7 +56,11 @@ FORMAT_VERSION = 2
 #: The key of the payload digest; every other key is covered by it.
 DIGEST_KEY = "sha256"
 BEST_FILE = "best.pt"
-_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+#: A sharded checkpoint: a directory of DCP shard files with its :data:`META_FILE`.
+SHARDED_SUFFIX = ".dcp"
+BEST_SHARDED = "best" + SHARDED_SUFFIX
+META_FILE = "apt.pt"
+_STEP_FILE = re.compile(r"^step-(\d+)\.(?:pt|dcp)$")
 log = logging.getLogger("apt")
 #: The file a model directory (the output of ``apt quantize``) holds.
 MODEL_FILE = "model.pt"
@@ -58,12 +71,34 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Completed step checkpoints of a run, oldest first."""
+    """Completed step checkpoints of a run (files and sharded directories), oldest first."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
     return sorted(found)
+
+
+def best_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``best.pt`` and ``best.dcp`` that exist."""
+    folder = checkpoint_dir(run_dir)
+    return [p for p in (folder / BEST_FILE, folder / BEST_SHARDED) if p.exists()]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    """Drop step checkpoints beyond the newest ``keep_last`` and temporaries a killed save left."""
+    folder = checkpoint_dir(run_dir)
+    for _, old in step_checkpoints(run_dir)[:-keep_last]:
+        _remove(old)
+    for stale in folder.glob(".*.tmp*"):
+        _remove(stale)
 
 
 def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = False) -> Path:
@@ -81,13 +116,132 @@ def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = F
         atomic_write(path, lambda f: torch.save(state, f))
         if best:
             atomic_write(folder / BEST_FILE, lambda f: torch.save(state, f))
+            _remove(folder / BEST_SHARDED)  # a run that changed format keeps one best
     except DiskFullError as err:
         raise err.advise(advice) from err
-    for _, old in step_checkpoints(run_dir)[:-keep_last]:
-        old.unlink(missing_ok=True)
-    for stale in folder.glob(".*.tmp*"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
+    _prune(run_dir, keep_last)
     return path
+
+
+def save_sharded(run_dir: Path, state: dict[str, Any], tensors: dict[str, Any], *, keep_last: int,
+                 best: bool = False, main: bool) -> Path:
+    """Write a sharded checkpoint for ``state["step"]``; a collective: every rank calls it.
+
+    ``tensors`` is this rank's part ({"model": ..., "optimizer": ...} from
+    ``torch.distributed.checkpoint.state_dict.get_state_dict``); ``state`` is the rest, used on rank
+    0 (``main``), which writes the manifest, renames the directory into place, keeps ``best.dcp``
+    (hard links: shard files are never rewritten in place) and prunes. Returns on every rank only
+    once the checkpoint is complete.
+    """
+    import torch.distributed as tdist
+    import torch.distributed.checkpoint as dcp
+
+    folder = checkpoint_dir(run_dir)
+    final = folder / f"step-{state['step']:08d}{SHARDED_SUFFIX}"
+    tmp = folder / f".{final.name}.tmp"
+    distributed = tdist.is_available() and tdist.is_initialized()
+    if main:
+        _remove(tmp)
+        tmp.mkdir(parents=True)
+    if distributed:
+        tdist.barrier()
+    try:
+        with _single_process_is_intended():
+            dcp.save(tensors, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+        if main:
+            shards = {f.name: _file_digest(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+            stamped = _stamped({**state, "shards": shards})
+            atomic_write(tmp / META_FILE, lambda f: torch.save(stamped, f))
+            _replace_dir(tmp, final)
+            if best:
+                _link_copy(final, folder / BEST_SHARDED)
+                _remove(folder / BEST_FILE)
+            _prune(run_dir, keep_last)
+    except (OSError, RuntimeError) as err:
+        if main:
+            _remove(tmp)
+        if out_of_space(err):
+            raise DiskFullError(final, free_bytes(folder)).advise(
+                "the previous checkpoint is intact: free space on that disk or set checkpoint.dir to one with "
+                "more room, then continue with --resume auto") from err
+        raise
+    finally:
+        if distributed:
+            tdist.barrier()
+    return final
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename the finished directory ``src`` to ``dst``; an existing ``dst`` (the same step saved
+    again) goes aside first and only then away, so some complete checkpoint exists at every instant."""
+    aside = dst.with_name(f".{dst.name}.old.tmp")
+    _remove(aside)
+    if dst.exists():
+        os.replace(dst, aside)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    _remove(aside)
+
+
+def _link_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a copy of the directory ``src`` (hard links where the filesystem allows)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    _remove(tmp)
+    tmp.mkdir()
+    for f in src.iterdir():
+        try:
+            os.link(f, tmp / f.name)
+        except OSError:
+            shutil.copy2(f, tmp / f.name)
+    _replace_dir(tmp, dst)
+
+
+def load_shards(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load the sharded checkpoint ``path`` into ``model`` (and ``optimizer``): plain, DDP-wrapped
+    or FSDP-sharded, on any number of ranks (DCP reads each rank's part of the saved shards).
+
+    Call :func:`load` first: it verifies the shard files this reads.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    try:
+        with _single_process_is_intended():
+            if optimizer is None:
+                model_sd = get_model_state_dict(model)
+                dcp.load({"model": model_sd}, storage_reader=dcp.FileSystemReader(path))
+                set_model_state_dict(model, model_sd)
+            else:
+                model_sd, optim_sd = get_state_dict(model, optimizer)
+                dcp.load({"model": model_sd, "optimizer": optim_sd}, storage_reader=dcp.FileSystemReader(path))
+                set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    except (CheckpointException, RuntimeError, KeyError, ValueError) as err:
+        # DCP wraps each rank's traceback; its last line is the reason
+        last = ([line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__])[-1]
+        raise CheckpointError(f"sharded checkpoint {path} does not match its model: {last[:300]}") from None
+
+
+@contextlib.contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """DCP warns whenever it runs without a process group; for ``apt generate`` that is the point."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, unavailable or uninitialized",
+                                category=UserWarning)
+        yield
 
 
 def save_file(path: Path, state: dict[str, Any]) -> Path:
@@ -168,21 +322,24 @@ def _feed_tensor(digest: Any, tensor: torch.Tensor) -> None:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint file, a model directory (its model.pt), or a run directory (its best.pt, else its latest step)."""
+    """A checkpoint file or sharded directory, a model directory (its model.pt), or a run directory
+    (its best checkpoint, else its latest step)."""
     p = Path(path)
     if p.is_file():
         return p
     if p.is_dir():
         if (p / MODEL_FILE).is_file():
             return p / MODEL_FILE
+        if (p / META_FILE).is_file():
+            return p
         for run_dir in (p, p.parent):
-            best = checkpoint_dir(run_dir) / BEST_FILE
-            if best.is_file():
-                return best
+            best = best_checkpoints(run_dir)
+            if best:
+                return best[0]
             steps = step_checkpoints(run_dir)
             if steps:
                 return steps[-1][1]
-        raise CheckpointError(f"no checkpoint in {p}: expected {checkpoint_dir(p)}/step-*.pt or best.pt "
+        raise CheckpointError(f"no checkpoint in {p}: expected {checkpoint_dir(p)}/step-*.pt, step-*.dcp or best.pt "
                               f"(train first with apt train) or {p / MODEL_FILE} (from apt quantize)")
     raise CheckpointError(f"checkpoint {str(p)!r} not found: pass a run directory, a .pt file "
                           f"or a model directory written by apt quantize")
@@ -209,7 +366,28 @@ def _warn_unverified(path: Path) -> None:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bool]:
-    """The state in ``path`` and whether its digest was checked (False only for version 1 files)."""
+    """The state in ``path`` and whether its digest was checked (False only for version 1 files).
+
+    For a sharded directory: its manifest, checked, and every shard file against the manifest.
+    """
+    if path.is_dir():
+        state, _ = _read_file(path / META_FILE)
+        shards = state.get("shards")
+        if not isinstance(shards, dict) or not shards:
+            raise _Unusable(f"is damaged: its {META_FILE} lists no shard files")
+        for name, digest in shards.items():
+            shard = path / str(name)
+            if "/" in str(name) or not shard.is_file():
+                raise _Unusable(f"is incomplete: shard file {name} is missing")
+            if _file_digest(shard) != digest:
+                raise _Unusable(f"is damaged: shard file {name} does not match its sha256 checksum")
+        return state, True
+    return _read_file(path)
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], bool]:
+    if not path.is_file():
+        raise _Unusable(f"is not an apt checkpoint (no {path.name})")
     try:
         with warnings.catch_warnings():  # torch's deprecation notes on every quantised (int8) tensor it unpickles
             warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated", category=UserWarning)
@@ -255,15 +433,14 @@ def latest(run_dir: Path) -> Latest:
     """
     found = Latest()
     candidates = list(step_checkpoints(run_dir))
-    best = checkpoint_dir(run_dir) / BEST_FILE
-    if best.is_file():
+    for best in best_checkpoints(run_dir):
         try:
             best_state, _ = _read(best)
             candidates.append((int(best_state["step"]), best))
             del best_state
         except (_Unusable, KeyError, TypeError, ValueError) as err:
             found.skipped.append((best, str(err) if isinstance(err, _Unusable) else "is damaged: it holds no step"))
-    candidates.sort(key=lambda c: (c[0], c[1].name != BEST_FILE), reverse=True)
+    candidates.sort(key=lambda c: (c[0], not c[1].name.startswith("best")), reverse=True)
     for _, path in candidates:
         try:
             state, verified = _read(path)
@@ -308,10 +485,13 @@ def load_model(path: str | Path, *, registry: Registry | None = None, device: st
     file = resolve(path)
     state = load(file)
     model, tokenizer, profile = rebuild(state, file, registry=registry, device=device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {file} does not match its model: {str(err).splitlines()[0]}") from None
+    if file.is_dir():
+        load_shards(file, model)
+    else:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint {file} does not match its model: {str(err).splitlines()[0]}") from None
     model.to(device).eval()
     return Loaded(model, tokenizer, profile, state, file)
 

@@ -94,6 +94,9 @@ class TrainConfig:
     patience: int | None = option(None, ge=1, doc="stop after this many evaluations without a better val loss")
     log_interval: int = option(10, ge=1)
     max_nonfinite: int = option(5, ge=1, doc="consecutive NaN/Inf steps tolerated before stopping")
+    parallel: Literal["ddp", "fsdp"] = option("ddp", doc="with several ranks: ddp (a full copy per rank) or fsdp "
+                                                         "(FSDP2: weights, gradients and optimizer state sharded "
+                                                         "per block; sharded checkpoints)")
 
     def __post_init__(self) -> None:
         require(self.min_lr <= self.lr, "min_lr", f"must be <= lr ({self.lr:g}), got {self.min_lr:g}")

@@ -169,6 +169,8 @@ class Trainer:
         self.built = ModelBuilder(profile, self.tokenizer.vocab_size, registry=registry, strict=strict).build()
         self.model = self.built.model.to(self.device)
         self._ddp: DistributedDataParallel | None = None
+        #: FSDP2 shards the model in place: ``self.model`` is then an ``FSDPModule`` with DTensor weights.
+        self.sharded = self.dist.world > 1 and t.parallel == "fsdp"
         if self.dist.world > 1:
             self._init_distributed()
 
@@ -219,6 +221,13 @@ class Trainer:
             tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timeout,
                                      store=distributed.attempt_store(timeout), rank=self.dist.rank,
                                      world_size=self.dist.world)
+        if self.sharded:
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.model.blocks:
+                fully_shard(block)
+            fully_shard(self.model)
+            return
         ids = [self.device.index] if self.device.type == "cuda" else None
         self._ddp = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -291,9 +300,7 @@ class Trainer:
         cannot be told apart afterwards, so refuse unless ``overwrite`` says the old one may go."""
         folder = ckpt.checkpoint_dir(self.run_dir)
         metrics, tb = self.run_dir / "metrics.jsonl", self.run_dir / "tb"
-        checkpoints = [path for _, path in ckpt.step_checkpoints(self.run_dir)]
-        if (folder / ckpt.BEST_FILE).is_file():
-            checkpoints.append(folder / ckpt.BEST_FILE)
+        checkpoints = [path for _, path in ckpt.step_checkpoints(self.run_dir)] + ckpt.best_checkpoints(self.run_dir)
         held = [f"{len(checkpoints)} checkpoint(s) in {folder}"] if checkpoints else []
         if metrics.is_file() and metrics.stat().st_size:
             held.append(str(metrics))
@@ -306,7 +313,10 @@ class Trainer:
                            f"start over with --overwrite (deletes them), or set checkpoint.dir to a new directory")
         if self.dist.main:
             for path in checkpoints:
-                path.unlink(missing_ok=True)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
             metrics.unlink(missing_ok=True)
             shutil.rmtree(tb, ignore_errors=True)
             self.say(f"--overwrite: removed the previous run ({', '.join(held)})")
@@ -328,8 +338,13 @@ class Trainer:
                                   f"({old.get('providers')}); restore them or use another checkpoint.dir")
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.resumed_from.is_dir():
+            ckpt.load_shards(self.resumed_from, self.model, self.optimizer)
+        elif self.sharded:
+            self._restore_full(state)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.best_val_loss = state["best_val_loss"]
@@ -337,6 +352,22 @@ class Trainer:
         self.run_id = state["run_id"]
         for name, plugin_state in state.get("plugins", {}).items():
             self.host.call_one(name, "apt_load_state_dict", trainer=self.view, state=plugin_state)
+
+    def _restore_full(self, state: dict[str, Any]) -> None:
+        """A single-file checkpoint (one rank or DDP) into the sharded model: every rank holds the
+        whole file and keeps its shard. The optimizer's state is keyed by parameter position there
+        and by parameter name here; both optimizers list the parameters in the same order."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        saved = state["optimizer"]
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        by_name: dict[int, str] = {}
+        for saved_group, group in zip(saved["param_groups"], self.optimizer.param_groups, strict=True):
+            by_name.update({i: names[id(p)] for i, p in zip(saved_group["params"], group["params"], strict=True)})
+        optim: dict[str, Any] = {"state": {by_name[i]: value for i, value in saved["state"].items()},
+                 "param_groups": [{**g, "params": [by_name[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=optim,
+                       options=StateDictOptions(full_state_dict=True))
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -383,8 +414,9 @@ class Trainer:
             raise self._contain(err) from err
         except KeyboardInterrupt:
             self.stop_reason = "interrupted"
-            path = self.save_checkpoint()
-            self.say(f"interrupted: checkpoint {path} holds step {self.step}; continue with --resume auto")
+            if not self.sharded:  # a sharded save is a collective, and the other ranks are being stopped too
+                path = self.save_checkpoint()
+                self.say(f"interrupted: checkpoint {path} holds step {self.step}; continue with --resume auto")
             raise
         finally:
             if bar is not None:
@@ -431,6 +463,8 @@ class Trainer:
             self._phase = "forward"
             ddp = self._ddp
             last = micro == t.grad_accum - 1
+            if self.sharded:
+                cast(Any, self.model).set_requires_gradient_sync(last)
             with self._autocast(), (ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()):
                 out = ddp(batch.tokens, batch.media) if ddp is not None else self.model(batch.tokens, batch.media)
                 loss = cross_entropy(out.logits, batch.targets)
@@ -448,6 +482,13 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         self.host.call("apt_after_backward", trainer=self.view, step=step)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
+        if self.sharded:
+            grad_norm = cast(Any, grad_norm).full_tensor()
+        if self.dist.world > 1:  # the logged loss is the global batch's, as on one rank
+            import torch.distributed as tdist
+
+            tdist.all_reduce(loss_sum)
+            loss_sum /= self.dist.world
         loss_value = loss_sum.item() / t.grad_accum
         metrics: dict[str, Any] = {"step": step, "epoch": self.schedule.epoch, "loss": loss_value, "lr": lr,
                                    "grad_norm": grad_norm.item()}
@@ -496,24 +537,32 @@ class Trainer:
         return out
 
     def save_checkpoint(self, *, best: bool = False) -> Path | None:
-        if not self.dist.main:
+        """Rank 0 writes the checkpoint; under FSDP every rank writes its shards (a collective)."""
+        if not (self.dist.main or self.sharded):
             return None
-        state = {
-            "step": self.step,
-            "run_id": self.run_id,
-            "profile": self.profile.to_dict(),
-            "providers": self.built.providers,
-            "tokenizer": self.tokenizer.state(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "best_val_loss": self.best_val_loss,
-            "evals_since_best": self.evals_since_best,
-            "plugins": self.host.call_each("apt_state_dict", trainer=self.view),
-            "schedule": self.schedule.snapshot(),
-        }
-        return ckpt.save(self.run_dir, state, keep_last=self.profile.checkpoint.keep_last,
-                         best=best and self.profile.checkpoint.keep_best)
+        state: dict[str, Any] = {"step": self.step}
+        if self.dist.main:
+            state.update({
+                "run_id": self.run_id,
+                "profile": self.profile.to_dict(),
+                "providers": self.built.providers,
+                "tokenizer": self.tokenizer.state(),
+                "scaler": self.scaler.state_dict(),
+                "best_val_loss": self.best_val_loss,
+                "evals_since_best": self.evals_since_best,
+                "plugins": self.host.call_each("apt_state_dict", trainer=self.view),
+                "schedule": self.schedule.snapshot(),
+            })
+        keep = self.profile.checkpoint
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            path = ckpt.save_sharded(self.run_dir, state, {"model": model_sd, "optimizer": optim_sd},
+                                     keep_last=keep.keep_last, best=best and keep.keep_best, main=self.dist.main)
+            return path if self.dist.main else None
+        state.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict())
+        return ckpt.save(self.run_dir, state, keep_last=keep.keep_last, best=best and keep.keep_best)
 
     def say(self, text: str) -> None:
         if self.dist.main:
@@ -618,6 +667,9 @@ class Trainer:
                           "resume from the last periodic checkpoint with --resume auto")
         if self.step == 0:
             return None, "no step had completed, so there is nothing to resume: rerun once fixed"
+        if self.sharded:
+            return None, ("no emergency checkpoint (a sharded checkpoint needs every rank, and they are being "
+                          "stopped): resume from the last periodic checkpoint with --resume auto")
         if not self.dist.main:
             return None, ("no emergency checkpoint (only rank 0 writes checkpoints and it is being stopped): "
                           "resume from the last periodic checkpoint with --resume auto")
