@@ -154,3 +154,39 @@ def test_retrieved_evidence_reaches_the_bistate_aligner(tmp_path, env, index):
                  "--index", str(index), "--passages", "1", "--max-new-tokens", "5"], env=env, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "  evidence from 1 passages conditions the model through align bistate" in shown.stdout.splitlines()
+
+
+def test_serve_retrieves_and_votes_as_generate_does(tmp_path, env, index):
+    """apt serve --index --vote answers a request with what apt generate --index --vote prints for the
+    same seed: the same passages before the prompt (and their evidence, through the aligner), the same
+    candidates (candidate j is sampled with seed + j, alone or in a running batch) and the same winner."""
+    import httpx
+
+    from core_cli import serving
+
+    trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=20", "--set", "model.align=bistate",
+                   "--set", "model.block_size=64"], env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    ckpt = str(tmp_path / "runs" / "tiny_debug")
+    flags = ["--index", str(index), "--passages", "2", "--vote", "k=3,temperature=1.5"]
+    cli = run(["generate", "--checkpoint", ckpt, "--prompt", "Juliet is the sun", "--max-new-tokens", "10",
+               "--seed", "7", *flags, "--json"], env=env, cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    expected = json.loads(cli.stdout)
+    with serving(["--checkpoint", ckpt, "--max-batch", "8", *flags], env=env, cwd=tmp_path) as (base, proc):
+        body = {"prompt": "Juliet is the sun", "max_tokens": 10, "seed": 7}
+        answer = httpx.post(f"{base}/v1/completions", json=body, timeout=120).json()
+        (choice,) = answer["choices"]
+        assert choice["text"] == expected["text"] == choice["vote"]["winner"]
+        assert choice["vote"]["candidates"] == expected["vote"]["candidates"] and choice["vote"]["votes"] == 3
+        assert choice["passages"] == expected["passages"] and choice["passages"][0]["source"].endswith("romeo.txt:1")
+
+        with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+            events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        (final,) = [json.loads(e)["choices"][0] for e in events[:-1]]
+        assert final["text"] == expected["text"] and final["vote"]["counts"] == expected["vote"]["counts"]
+
+        refused = httpx.post(f"{base}/v1/completions", json={**body, "n": 2}, timeout=60)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "n"
+        assert proc.poll() is None

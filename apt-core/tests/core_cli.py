@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -43,3 +46,37 @@ def kill_after_steps(proc: subprocess.Popen[bytes], run_dir: Path, steps: int, t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return metrics.read_text().count('"event": "step"') if metrics.exists() else 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(args: list[str], *, env: dict[str, str], cwd: Path,
+            timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``apt serve ARGS`` on a free port of 127.0.0.1 until the block ends; yields its base URL and
+    process once /health answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "apt", "serve", *args, "--port", str(port)],
+                            env={**env, "PYTHONUNBUFFERED": "1"}, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield base, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

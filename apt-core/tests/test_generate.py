@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from apt.generate import evidence_vector, next_token_probs, sample
+from apt.generate import Sampling, Sequence, decode, evidence_vector, next_token_probs, sample
 from apt.model import ModelBuilder, Output
 from apt.tokenizers import ByteTokenizer, CharTokenizer
 
@@ -69,3 +69,19 @@ def test_evidence_conditions_every_step_through_the_aligner(tiny_profile):
     steered = sample(model, tok, "ab", max_new_tokens=20, temperature=0, evidence=evidence)[0]
     assert steered.text != plain.text
     assert sample(model, tok, "ab", max_new_tokens=20, temperature=0, evidence=evidence)[0] == steered
+
+
+def test_a_running_batch_conditions_only_the_rows_that_carry_evidence(tiny_profile):
+    """apt serve puts requests with and without retrieval in one batch: each row gets what it gets alone."""
+    tok = CharTokenizer("".join(map(chr, range(32, 127))))
+    model = _model(tiny_profile, tok.vocab_size)
+    model.extras["align"] = _Shift()
+    evidence = evidence_vector(model, tok, ["the quick brown fox"])
+    greedy = Sampling(0.0, None)
+    rows = [Sequence(tok.encode(p), max_new_tokens=20, sampling=greedy, seed=0, evidence=e)
+            for p, e in (("ab", evidence), ("ab", None), ("xyz", evidence))]
+    together = decode(rows, model, tok, rows=3)
+    alone = [sample(model, tok, p, max_new_tokens=20, temperature=0, evidence=e)[0]
+             for p, e in (("ab", evidence), ("ab", None), ("xyz", evidence))]
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert together[0].text != together[1].text, "the evidence steered the first row and not the second"

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from core_cli import SMALL, run
+from core_cli import SMALL, run, serving
 
 
 @pytest.fixture(scope="module")
@@ -26,35 +25,13 @@ def checkpoint(tmp_path_factory):
     return root, env, root / "runs" / "tiny_debug"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint):
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     root, env, ckpt = checkpoint
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "apt", "serve", "--checkpoint", str(ckpt), "--port", str(port),
-                             "--max-batch", "4"], env={**env, "PYTHONUNBUFFERED": "1"}, cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        raise AssertionError("the server did not come up")
-    yield base, proc, ckpt
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(["--checkpoint", str(ckpt), "--max-batch", "4"], env=env, cwd=root) as (base, proc):
+        yield base, proc, ckpt
 
 
 def _complete(base, **body):

@@ -158,9 +158,14 @@ def plan_generate(args: argparse.Namespace) -> tuple[list[Untrusted], list[Path]
     return [*untrusted, *extra], readable
 
 
-def refuse_untrusted(command: str, checkpoint: str) -> None:
-    """For commands that cannot run in the jail (``apt serve`` needs the network): untrusted code stops them."""
+def refuse_untrusted(command: str, checkpoint: str, providers: Sequence[tuple[str, str]] = ()) -> None:
+    """For commands that cannot run in the jail (``apt serve`` needs the network): untrusted code
+    stops them, be it the checkpoint's or one of ``providers`` ((kind, name): a retriever, a voter)."""
+    from apt.registry import Registry
+
     untrusted = plan_checkpoint(checkpoint)
+    if untrusted is not None and providers:
+        untrusted += [u for u in _untrusted_providers(Registry(), list(providers), TrustStore()) if u not in untrusted]
     if untrusted and not INSIDE:
         names = sorted({u.distribution for u in untrusted})
         raise AptError(f"{'; '.join(map(str, untrusted))} is not trusted, and apt {command} cannot run inside "

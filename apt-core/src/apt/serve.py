@@ -12,21 +12,26 @@ while decoding fails the requests in the batch with a 500, never the server.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apt.errors import AptError
 from apt.generate import Batcher, Sequence
 
 if TYPE_CHECKING:
     from apt.model import LanguageModel
+    from apt.retrieval import Retrieval
     from apt.tokenizers import Tokenizer
+    from apt.voting import Vote
 
 log = logging.getLogger("apt")
+
+T = TypeVar("T")
 
 #: Most choices (prompts x n) one request may ask for: each takes a row of the batch.
 MAX_CHOICES = 128
@@ -47,12 +52,14 @@ class Engine:
     """The decoding thread and its queue; all model work happens on that thread."""
 
     def __init__(self, model: LanguageModel, tokenizer: Tokenizer, max_batch: int, *, use_cache: bool = True) -> None:
+        self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.batcher = Batcher(model, tokenizer, max_batch, use_cache=use_cache)
         self.cached = self.batcher.decoder.cached
         self._wake = threading.Condition()
         self._waiting: collections.deque[tuple[Job, int]] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = collections.deque()
         self._owners: dict[int, tuple[Job, int]] = {}
         self._stopping = False
         self._rate: collections.deque[tuple[float, int]] = collections.deque()
@@ -75,6 +82,15 @@ class Engine:
             self.counters["prompt_tokens"] += sum(len(seq.ids) for seq in job.sequences)
             self._wake.notify()
 
+    def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` on the decoding thread between two steps (it owns the model): a retrieval's
+        evidence vector or a vote's entropy check, without a second thread inside the model."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._wake:
+            self._calls.append((fn, future))
+            self._wake.notify()
+        return future
+
     def cancel(self, job: Job) -> None:
         """Abandon ``job`` (its client went away): its rows are freed before the next step."""
         with self._wake:
@@ -91,10 +107,18 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self.batcher.active and not self._waiting:
+                while not self._stopping and not self.batcher.active and not self._waiting and not self._calls:
                     self._wake.wait()
                 if self._stopping:
                     return
+                calls, self._calls = list(self._calls), collections.deque()
+            for fn, future in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except Exception as err:  # the caller gets it; the thread goes on
+                        future.set_exception(err)
+            with self._wake:
                 live = [(job, i) for job, i in self._waiting if not job.cancelled]
                 taken = live[:len(self.batcher.free) + self._abandoned()]
                 self._waiting = collections.deque(live[len(taken):])
@@ -155,7 +179,8 @@ class Engine:
 
 
 def serve(model: LanguageModel, tokenizer: Tokenizer, *, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-          max_batch: int = 16, use_cache: bool = True, announce: Callable[[str], None] = print) -> None:
+          max_batch: int = 16, use_cache: bool = True, retrieval: Retrieval | None = None, vote: Vote | None = None,
+          announce: Callable[[str], None] = print) -> None:
     """Run the server until interrupted."""
     try:
         import uvicorn
@@ -165,12 +190,14 @@ def serve(model: LanguageModel, tokenizer: Tokenizer, *, model_name: str, host: 
         raise AptError(f"apt serve needs FastAPI and uvicorn ({err.name} is missing): "
                        f"pip install 'apt-core[serve]'") from None
     engine = Engine(model, tokenizer, max_batch, use_cache=use_cache)
-    app = create_app(engine, model_name)
+    app = create_app(engine, model_name, retrieval=retrieval, vote=vote)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     engine.start()
+    extras = "".join([f", retrieval.{retrieval.name} over {retrieval.index}" if retrieval else "",
+                      f", voter.{vote.name} with {vote.samples} samples" if vote else ""])
     announce(f"apt serve: {model_name} on http://{host}:{port}/v1 (max batch {max_batch}, "
-             f"KV cache {'on' if engine.cached else 'off'})")
+             f"KV cache {'on' if engine.cached else 'off'}{extras})")
     try:
         server.run()
     finally:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +22,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from apt.errors import AptError
-from apt.generate import Sampling, Sequence
+from apt.generate import Sampling, Sequence, next_token_probs
 from apt.serve import MAX_CHOICES, RATE_WINDOW, Engine, Job
+
+if TYPE_CHECKING:
+    from apt.retrieval import Retrieval
+    from apt.voting import Vote
 
 log = logging.getLogger("apt")
 
@@ -55,8 +61,10 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-def create_app(engine: Engine, model_name: str) -> FastAPI:
-    """The HTTP API over a started :class:`Engine`."""
+def create_app(engine: Engine, model_name: str, *, retrieval: Retrieval | None = None,
+               vote: Vote | None = None) -> FastAPI:
+    """The HTTP API over a started :class:`Engine`; with ``retrieval`` every prompt is augmented as
+    ``apt generate --index`` augments it, with ``vote`` every answer is voted on as ``--vote`` does."""
     created = int(time.time())
     requests: collections.Counter[int] = collections.Counter()
     app = FastAPI(title="apt serve", docs_url=None, redoc_url=None)
@@ -126,18 +134,26 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
             raise RequestError(400, "prompt: give at least one prompt", "prompt")
         if len(stops) > 4:
             raise RequestError(400, "stop: at most 4 stop sequences", "stop")
-        if len(prompts) * n > MAX_CHOICES:
-            raise RequestError(400, f"n: prompts x n must be at most {MAX_CHOICES}, got {len(prompts) * n}", "n")
+        if vote is not None and n > 1:
+            raise RequestError(400, "n: this server votes (--vote), so each prompt gets one choice, the winner; "
+                                    "drop n", "n")
+        rows_each = vote.samples if vote is not None else n
+        if len(prompts) * rows_each > MAX_CHOICES:
+            raise RequestError(400, f"prompt: prompts x {'the vote' if vote else 'n'} ({rows_each}) must be at most "
+                                    f"{MAX_CHOICES} sequences, got {len(prompts) * rows_each}", "prompt")
         try:
-            encoded = [engine.tokenizer.encode(p) or [0] for p in prompts]
+            for p in prompts:
+                engine.tokenizer.encode(p)
         except AptError as err:
             raise RequestError(400, f"prompt: {err}", "prompt") from None
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens
         sampling = Sampling(body.temperature if body.temperature is not None else 1.0, body.top_k,
                             body.top_p if body.top_p is not None else 1.0)
         seed = body.seed if body.seed is not None else secrets.randbits(62)
-        max_tokens = 16 if body.max_tokens is None else body.max_tokens
-        sequences = [Sequence(ids, max_new_tokens=max_tokens, sampling=sampling, seed=seed + j, stop=stops)
-                     for ids in encoded for j in range(n)]
+        choices = [choice for i, p in enumerate(prompts)
+                   for choice in await _choices(engine, retrieval, vote, p, i * n, n, max_tokens, sampling, seed,
+                                                stops)]
+        sequences = [seq for choice in choices for seq in choice.sequences]
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -150,34 +166,35 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
         job = Job(sequences, post)
         head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name}
-        usage = {"prompt_tokens": sum(len(ids) for ids in encoded)}
+        usage = {"prompt_tokens": sum(len(seq.ids) for seq in sequences)}
         engine.submit(job)
         requests[200] += 1
         if body.stream:
-            return StreamingResponse(_stream(engine, job, events, head), media_type="text/event-stream",
+            return StreamingResponse(_stream(engine, job, _pieces(job, events, choices, vote), head, choices),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts = [""] * len(sequences)
-        reasons: list[str | None] = [None] * len(sequences)
+        texts = [""] * len(choices)
+        reasons: list[str | None] = [None] * len(choices)
+        pieces = _pieces(job, events, choices, vote)
         try:
             while None in reasons:
                 try:
-                    event = await asyncio.wait_for(events.get(), timeout=0.5)
+                    index, delta, reason = await asyncio.wait_for(anext(pieces), timeout=0.5)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         engine.cancel(job)
                         requests[499] += 1
                         return JSONResponse({}, status_code=499)
                     continue
-                if event[0] == "error":
-                    raise RequestError(500, event[1], kind="server_error")
-                _, index, delta, reason = event
                 texts[index] += delta
                 reasons[index] = reason
         finally:
             if None in reasons:
                 engine.cancel(job)
+            await pieces.aclose()
         completion_tokens = sum(len(seq.tokens) for seq in sequences)
-        return {**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason}
+        return {**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason,
+                                     **choices[i].extras()}
                                     for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))],
                 "usage": {**usage, "completion_tokens": completion_tokens,
                           "total_tokens": usage["prompt_tokens"] + completion_tokens}}
@@ -185,24 +202,97 @@ def create_app(engine: Engine, model_name: str) -> FastAPI:
     return app
 
 
-async def _stream(engine: Engine, job: Job, events: asyncio.Queue[tuple[Any, ...]],
-                  head: dict[str, Any]) -> AsyncIterator[str]:
+@dataclass(eq=False)
+class Choice:
+    """One answer of a request: one sequence, or the K candidates of a vote decided together."""
+
+    index: int
+    sequences: list[Sequence]
+    #: Decided by a vote once all its candidates are done (False: the sequence's text is the answer).
+    voted: bool = False
+    passages: list[dict[str, Any]] | None = None
+    entropy: float | None = None
+    vote: dict[str, Any] | None = None
+
+    def extras(self) -> dict[str, Any]:
+        """What APT adds to OpenAI's choice (clients ignore unknown fields): the passages retrieval
+        put before the prompt, and the vote (None: the entropy was under the threshold)."""
+        out: dict[str, Any] = {}
+        if self.passages is not None:
+            out["passages"] = self.passages
+        if self.entropy is not None:
+            out["entropy"] = self.entropy
+        if self.voted or self.entropy is not None:
+            out["vote"] = self.vote
+        return out
+
+
+async def _choices(engine: Engine, retrieval: Retrieval | None, vote: Vote | None, prompt: str, first: int,
+                   n: int, max_tokens: int, sampling: Sampling, seed: int, stops: list[str]) -> list[Choice]:
+    """The choices for one prompt: retrieval and the vote's entropy check run on the decoding thread
+    (it owns the model); the choices' sequences are then queued like any other."""
+    model, tokenizer = engine.model, engine.tokenizer
+    passages, evidence = None, None
+    if retrieval is not None:
+        found = await asyncio.wrap_future(engine.call(functools.partial(
+            retrieval.prepare, model, tokenizer, prompt, max_new_tokens=max_tokens)))
+        prompt, passages, evidence = found.prompt, found.passages, found.evidence
+    ids = tokenizer.encode(prompt) or [0]
+    if vote is None:
+        return [Choice(first + j, [Sequence(ids, max_new_tokens=max_tokens, sampling=sampling, seed=seed + j,
+                                            stop=stops, evidence=evidence)], passages=passages) for j in range(n)]
+    voting, entropy = True, None
+    if vote.threshold is not None:
+        probs = await asyncio.wrap_future(engine.call(functools.partial(next_token_probs, model, tokenizer, prompt)))
+        voting, entropy = vote.wanted(probs)
+    if not voting:
+        return [Choice(first, [Sequence(ids, max_new_tokens=max_tokens, sampling=sampling, seed=seed, stop=stops,
+                                        evidence=evidence)], passages=passages, entropy=entropy)]
+    candidates = vote.sequences(ids, max_new_tokens=max_tokens, top_k=sampling.top_k, top_p=sampling.top_p,
+                                seed=seed, stop=stops, evidence=evidence)
+    return [Choice(first, candidates, voted=True, passages=passages, entropy=entropy)]
+
+
+async def _pieces(job: Job, events: asyncio.Queue[tuple[Any, ...]], choices: list[Choice],
+                  vote: Vote | None) -> AsyncGenerator[tuple[int, str, str | None], None]:
+    """(choice, new text, finish reason or None) as the engine produces them. A voted choice yields
+    once, the winner, when its last candidate finishes (the voter may run in apt-sandbox: a thread)."""
+    owner = [choice for choice in choices for _ in choice.sequences]  # the job's sequences, in order
+    left = {id(choice): len(choice.sequences) for choice in choices}
+    while any(left.values()):
+        event = await events.get()
+        if event[0] == "error":
+            raise RequestError(500, event[1], kind="server_error")
+        _, index, delta, reason = event
+        choice = owner[index]
+        left[id(choice)] -= reason is not None
+        if not choice.voted:
+            yield choice.index, delta, reason
+        elif not left[id(choice)]:
+            assert vote is not None
+            decision = await asyncio.to_thread(vote.decide, [seq.completion() for seq in choice.sequences])
+            choice.vote = decision.report
+            winner = next(seq for seq in choice.sequences if seq.text == decision.winner)
+            yield choice.index, decision.winner, winner.finish_reason or "stop"
+
+
+async def _stream(engine: Engine, job: Job, pieces: AsyncIterator[tuple[int, str, str | None]],
+                  head: dict[str, Any], choices: list[Choice]) -> AsyncIterator[str]:
     """Server-Sent Events: one chunk per new piece of text, a last one per choice with its finish
-    reason, then ``data: [DONE]``. A client that goes away cancels this generator, which frees the rows."""
-    left = len(job.sequences)
+    reason (and APT's extras), then ``data: [DONE]``. A client that goes away cancels this
+    generator, which frees the rows."""
+    left = len(choices)
     try:
-        while left:
-            event = await events.get()
-            if event[0] == "error":
-                yield f"data: {json.dumps(RequestError(500, event[1], kind='server_error').body())}\n\n"
-                break
-            _, index, delta, reason = event
-            left -= reason is not None
-            chunk = {**head, "choices": [{"text": delta, "index": index, "logprobs": None, "finish_reason": reason}]}
-            yield f"data: {json.dumps(chunk)}\n\n"
+        try:
+            async for index, delta, reason in pieces:
+                left -= reason is not None
+                extras = choices[index].extras() if reason is not None else {}
+                chunk = {**head, "choices": [{"text": delta, "index": index, "logprobs": None,
+                                              "finish_reason": reason, **extras}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+        except RequestError as err:
+            yield f"data: {json.dumps(err.body())}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         if left:
             engine.cancel(job)
-
-

@@ -12,15 +12,17 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apt import jail
 from apt.cli import ArgumentParser
 from apt.cli.run import checkpoint_args
-from apt.config import parse_assignments
-from apt.errors import AptError, ConfigError
+from apt.errors import AptError
 from apt.home import apt_home
-from apt.registry import DEFAULTS, default_registry
+
+if TYPE_CHECKING:
+    from apt.retrieval import Retrieval
+    from apt.voting import Vote
 
 log = logging.getLogger("apt")
 
@@ -48,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("media (a checkpoint trained with model.encoders)")
     m.add_argument("--image", type=Path, metavar="FILE", help="caption or answer about this image (PNG, JPEG)")
     m.add_argument("--audio", type=Path, metavar="FILE", help="transcribe or answer about this WAV file")
+    retrieval_and_vote_args(p)
+    return p
+
+
+def retrieval_and_vote_args(p: argparse.ArgumentParser) -> None:
+    """``--index`` and ``--vote`` with their options: the same for ``apt generate`` and ``apt serve``."""
     r = p.add_argument_group("retrieval (pip install apt-plugin-retriever)")
     r.add_argument("--retriever", help="retriever provider: bm25 (default when --index is given) or dense")
     r.add_argument("--index", type=Path, help="index file from 'apt index build'")
@@ -61,7 +69,32 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--vote-threshold", type=float, metavar="NATS",
                    help="vote only when the next-token entropy exceeds this (default: the checkpoint's "
                         "vote_threshold schedule, else the voter's config)")
-    return p
+
+
+def check_retrieval_and_vote_args(args: argparse.Namespace) -> None:
+    if args.passages < 1:
+        raise AptError(f"--passages must be >= 1, got {args.passages}")
+    if (args.retriever or args.embedding_model) and args.index is None:
+        raise AptError("--retriever needs --index INDEX (build one with: apt index build --docs DIR --out INDEX)")
+    if (args.vote_threshold is not None or args.sandbox) and args.vote is None:
+        flag, example = (("--vote-threshold", "--vote-threshold 1.0") if args.vote_threshold is not None
+                         else ("--sandbox", "--sandbox"))
+        raise AptError(f"{flag} only applies with --vote (e.g. --vote k=5 {example})")
+
+
+def open_retrieval_and_vote(args: argparse.Namespace, loaded: Any) -> tuple[Retrieval | None, Vote | None]:
+    """The retrieval and the vote the flags ask for, configured from the checkpoint's profile."""
+    from apt.retrieval import Retrieval
+    from apt.voting import Vote
+
+    retrieval = vote = None
+    if args.index is not None:
+        retrieval = Retrieval(loaded.profile, args.index, retriever=args.retriever, passages=args.passages,
+                              embedding_model=args.embedding_model)
+    if args.vote is not None:
+        vote = Vote(args.vote, loaded.profile, loaded.state.get("schedule", {}), threshold=args.vote_threshold,
+                    sandboxed=args.sandbox)
+    return retrieval, vote
 
 
 def generate(argv: Sequence[str]) -> int:
@@ -78,54 +111,55 @@ def generate(argv: Sequence[str]) -> int:
         args.prompt = "\n"
     if args.max_new_tokens < 0 or args.top_k < 1 or args.temperature < 0:
         raise AptError("--max-new-tokens must be >= 0, --top-k >= 1 and --temperature >= 0")
-    if args.passages < 1:
-        raise AptError(f"--passages must be >= 1, got {args.passages}")
-    if (args.retriever or args.embedding_model) and args.index is None:
-        raise AptError("--retriever needs --index INDEX (build one with: apt index build --docs DIR --out INDEX)")
-    if (args.vote_threshold is not None or args.sandbox) and args.vote is None:
-        flag, example = (("--vote-threshold", "--vote-threshold 1.0") if args.vote_threshold is not None
-                         else ("--sandbox", "--sandbox"))
-        raise AptError(f"{flag} only applies with --vote (e.g. --vote k=5 {example})")
+    check_retrieval_and_vote_args(args)
 
     from apt.checkpoint import load_model
-    from apt.generate import evidence_vector, sample
+    from apt.generate import decode, next_token_probs, sample
 
     loaded = load_model(args.checkpoint, device=args.device)
-    model, tokenizer, profile = loaded.model, loaded.tokenizer, loaded.profile
+    model, tokenizer = loaded.model, loaded.tokenizer
+    retrieval, vote = open_retrieval_and_vote(args, loaded)
     report: dict[str, Any] = {"prompt": args.prompt}
     say = _printer(args.json)
     prompt, evidence = args.prompt, None
-    if args.index is not None:
-        name = args.retriever or DEFAULTS["retriever"]
-        options = dict(profile.provider_options("retriever", name))
-        if args.embedding_model:
-            options["embedding_model"] = args.embedding_model
-        retriever = _provider("retriever", name, options, "--retriever").build()
-        passages = retriever.open(args.index).search(args.prompt, args.passages)
-        budget = model.dims.block_size - min(args.max_new_tokens, model.dims.block_size // 4)
-        kept = retriever.fit(args.prompt, passages, tokenizer, budget)
-        prompt = retriever.augment(args.prompt, kept)
-        report["passages"] = [{"rank": i + 1, "score": p.score, "source": p.source, "text": p.text,
-                               "used": i < len(kept)} for i, p in enumerate(passages)]
-        say(f"retrieved {len(passages)} passages (retriever.{name}, {args.index}):")
-        for i, p in enumerate(passages):
-            shown = " ".join(p.text.split())
-            say(f"  [{i + 1}] score {p.score:.4f}  {p.source}  {shown[:100]}{'...' if len(shown) > 100 else ''}")
-        cut = bool(kept) and len(kept[-1].text) < len(tokenizer.encodable(passages[len(kept) - 1].text))
-        if len(kept) < len(passages) or cut:
-            say(f"  {len(kept)} of them fit the model's {model.dims.block_size}-token context with the prompt"
-                + (", the last cut short" if cut else ""))
-        evidence = evidence_vector(model, tokenizer, [p.text for p in kept], device=args.device)
+    if retrieval is not None:
+        found = retrieval.prepare(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                                  device=args.device)
+        prompt, evidence, report["passages"] = found.prompt, found.evidence, found.passages
+        say(f"retrieved {len(found.passages)} passages (retriever.{retrieval.name}, {args.index}):")
+        for p in found.passages:
+            shown = " ".join(p["text"].split())
+            say(f"  [{p['rank']}] score {p['score']:.4f}  {p['source']}  {shown[:100]}"
+                f"{'...' if len(shown) > 100 else ''}")
+        if found.kept < len(found.passages) or found.cut:
+            say(f"  {found.kept} of them fit the model's {model.dims.block_size}-token context with the prompt"
+                + (", the last cut short" if found.cut else ""))
         if evidence is not None:
-            say(f"  evidence from {len(kept)} passages conditions the model through align "
+            say(f"  evidence from {found.kept} passages conditions the model through align "
                 f"{loaded.state.get('providers', {}).get('align', {}).get('name', '')}".rstrip())
 
-    common = dict(max_new_tokens=args.max_new_tokens, top_k=args.top_k, seed=args.seed, device=args.device,
-                  stop=args.stop, evidence=evidence, use_cache=not args.no_cache)
-    if args.vote is None:
-        text = sample(model, tokenizer, prompt, temperature=args.temperature, **common)[0].text
+    voting = vote is not None
+    if vote is not None and vote.threshold is not None:
+        voting, report["entropy"] = vote.wanted(next_token_probs(model, tokenizer, prompt, device=args.device))
+        relation = ">" if voting else "<="
+        say(f"vote: {'' if voting else 'skipped, '}next-token entropy {report['entropy']:.3f} nats {relation} "
+            f"{vote.threshold:g} ({vote.source})")
+        if not voting:
+            report["vote"] = None
+    stop = [args.stop] if args.stop else None
+    if vote is not None and voting:
+        candidates = vote.sequences(tokenizer.encode(prompt), max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                                    seed=args.seed, stop=stop, evidence=evidence, device=args.device)
+        decision = vote.decide(decode(candidates, model, tokenizer, rows=len(candidates),
+                                      use_cache=not args.no_cache))
+        report["vote"] = decision.report
+        for line in vote.describe(decision):
+            say(line)
+        text = decision.winner
     else:
-        text = _vote(args, loaded, prompt, common, report, say)
+        text = sample(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, seed=args.seed, device=args.device, stop=args.stop, evidence=evidence,
+                      use_cache=not args.no_cache)[0].text
     report["text"] = text
     if args.json:
         print(json.dumps(report))
@@ -196,54 +230,6 @@ def _generate_file(args: argparse.Namespace) -> int:
                 print("---")
             print(prompt + completion.text)
     return 0
-
-
-def _vote(args: argparse.Namespace, loaded: Any, prompt: str, common: dict[str, Any],
-          report: dict[str, Any], say: Any) -> str:
-    from apt.generate import next_token_probs, sample
-    from apt.isolation import call_data_hook
-
-    name = DEFAULTS["voter"]
-    items = [part.strip() for part in args.vote.split(",") if part.strip()]
-    options = {**loaded.profile.provider_options("voter", name), **parse_assignments(items, "--vote", "k=5")}
-    provider = _provider("voter", name, options, "--vote")
-    voter = provider.build()
-    threshold = args.vote_threshold
-    source = "--vote-threshold"
-    if threshold is None and "vote_threshold" in loaded.state.get("schedule", {}):
-        threshold, source = loaded.state["schedule"]["vote_threshold"], "the checkpoint's vote_threshold schedule"
-    if threshold is None:
-        threshold, source = voter.threshold, f"the voter's config (providers.voter.{name})"
-    if threshold is not None:
-        probs = next_token_probs(loaded.model, loaded.tokenizer, prompt, device=args.device)
-        entropy = report["entropy"] = voter.entropy(probs)
-        if not voter.should_vote(probs, threshold):
-            say(f"vote: skipped, next-token entropy {entropy:.3f} nats <= {threshold:g} ({source})")
-            report["vote"] = None
-            return sample(loaded.model, loaded.tokenizer, prompt, temperature=args.temperature, **common)[0].text
-        say(f"vote: next-token entropy {entropy:.3f} nats > {threshold:g} ({source})")
-    completions = sample(loaded.model, loaded.tokenizer, prompt, temperature=voter.temperature,
-                         num_samples=voter.samples, **common)
-    request = voter.request([c.text for c in completions], [c.mean_logprob for c in completions])
-    result = call_data_hook(provider, provider.vote_hook, request, sandboxed=args.sandbox)
-    settings = {k: v for k, v in request.items() if k not in ("candidates", "logprobs")}
-    report["vote"] = {**result, **settings, "candidates": request["candidates"]}
-    counts = ", ".join(f"{key!r} x{n}" for key, n in sorted(result["counts"].items(), key=lambda kv: -kv[1]))
-    where = " in the sandbox" if args.sandbox or provider.sandbox == "required" else ""
-    shown = "".join(f", {k}={v}" for k, v in settings.items())
-    say(f"vote{where}: {voter.samples} samples at temperature {voter.temperature:g}{shown}: {counts}")
-    say(f"winner {result['normalised']!r}: {result['counts'][result['normalised']]} of {result['votes']} agree "
-        f"(agreement {result['agreement']:.2f})" + (", tie broken by mean log-probability"
-                                                    if result["tie_broken_by_logprob"] else ""))
-    return result["winner"]
-
-
-def _provider(kind: str, name: str, options: dict[str, Any], flag: str) -> Any:
-    """The provider instance, with config errors blamed on the flag (or the profile) they came from."""
-    try:
-        return default_registry().make(kind, name, options)
-    except ConfigError as err:
-        raise err.located(f"{flag} (with the checkpoint profile's providers.{kind}.{name})") from None
 
 
 def _printer(quiet: bool) -> Any:
