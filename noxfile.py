@@ -21,6 +21,10 @@ TORCH = "torch==2.13.0"
 #: Pinned so that a new release's rules or inference cannot turn CI red on an unchanged tree.
 LINT_TOOLS = ["ruff==0.17.6", "mypy==2.4.1"]
 COVERAGE_TOOLS = ["pytest-cov==7.1.0", "coverage==7.17.5"]
+#: The suite is half single-threaded (CLI subprocesses starting, pip, servers waiting), so two
+#: workers keep both cores busy; a file's tests stay on one worker, sharing its module fixtures.
+PARALLEL_TOOLS = ["pytest-xdist==3.8.0"]
+PARALLEL = ["-n", "2", "--dist", "loadfile"]
 #: Where the tests session leaves its coverage data and JSON report (.nox/ is git-ignored).
 COVERAGE_DIR = ROOT / ".nox" / "coverage"
 PLUGINS = sorted(p.name.removeprefix("apt-plugin-") for p in (ROOT / "apt-plugins").glob("apt-plugin-*"))
@@ -71,7 +75,7 @@ def _print_coverage(report: Path, modules: list[Path]) -> None:
 def tests(session: nox.Session) -> None:
     """The whole suite in one environment with every package installed (what CI runs), measuring coverage."""
     _install(session, *_everything())
-    session.install(*COVERAGE_TOOLS)
+    session.install(*COVERAGE_TOOLS, *PARALLEL_TOOLS)
     folders = [f"{p}/tests" for p in _everything()] + ["tests"]
     modules = [folder for package in _everything() for folder in _import_folders(package)]
     COVERAGE_DIR.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,7 @@ def tests(session: nox.Session) -> None:
     coverage = [*(f"--cov={m.name}" for m in modules), f"--cov-report=json:{report.relative_to(ROOT)}"]
     try:
         env = {"COVERAGE_FILE": str((COVERAGE_DIR / ".coverage").relative_to(ROOT))}
-        session.run("pytest", *coverage, *folders, *session.posargs, env=env)
+        session.run("pytest", *PARALLEL, *coverage, *folders, *session.posargs, env=env)
     finally:
         if report.exists():
             _print_coverage(report, modules)

@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra profile override for both studies")
     args = p.parse_args()
-    sets = ["train.eval_interval=50", "train.threads=2", "logging.progress=false", *args.sets]
+    sets = ["train.eval_interval=50", "train.min_lr=1.0e-5", "train.threads=2", "logging.progress=false", *args.sets]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pruned = study(root, "median", args.trials, sets)

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from core_cli import SMALL, run, serving
+from core_cli import SMALL, assert_one_line_error, run, serving
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +226,14 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(tiny_profile):
         assert engine.counters["failed_batches"] == 1 and not engine.batcher.active
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--sandbox"], "--sandbox only applies with --vote"),
+    (["--vote-threshold", "1"], "--vote-threshold only applies with --vote"),
+    (["--retriever", "bm25"], "--retriever needs --index INDEX"),
+    (["--passages", "0", "--index", "x"], "--passages must be >= 1"),
+])
+def test_retrieval_and_vote_flags_are_checked_as_generate_checks_them(checkpoint, args, fragment):
+    root, env, ckpt = checkpoint
+    assert_one_line_error(run(["serve", "--checkpoint", str(ckpt), *args], env=env, cwd=root), fragment)
