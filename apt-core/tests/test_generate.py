@@ -3,8 +3,9 @@ import math
 import torch
 
 from apt.generate import Sampling, Sequence, decode, evidence_vector, next_token_probs, sample
-from apt.model import ModelBuilder, Output
+from apt.model import ModelBuilder
 from apt.tokenizers import ByteTokenizer, CharTokenizer
+from shift_aligner import ShiftAligner
 
 
 def _model(tiny_profile, vocab_size):
@@ -45,24 +46,10 @@ def test_next_token_probs_sum_to_one_and_no_evidence_without_an_aligner(tiny_pro
     assert evidence_vector(model, tok, ["some passage"]) is None
 
 
-class _Shift(torch.nn.Module):
-    """An aligner's evidence view in its simplest form: move the hidden state towards the evidence."""
-
-    def provide_evidence(self, evidence):
-        self.evidence = evidence
-
-    def take_evidence(self):
-        return self.__dict__.pop("evidence", None)
-
-    def evidence_view(self, hidden, evidence, lm_head):
-        mixed = hidden + 4.0 * evidence[:, None, :]
-        return Output(lm_head(mixed), mixed)
-
-
 def test_evidence_conditions_every_step_through_the_aligner(tiny_profile):
     tok = CharTokenizer("".join(map(chr, range(32, 127))))
     model = _model(tiny_profile, tok.vocab_size)
-    model.extras["align"] = _Shift()
+    model.extras["align"] = ShiftAligner()
     evidence = evidence_vector(model, tok, ["the quick brown fox", "jumps over"])
     assert evidence.shape == (1, model.dims.d_model)
     plain = sample(model, tok, "ab", max_new_tokens=20, temperature=0)[0]
@@ -75,7 +62,7 @@ def test_a_running_batch_conditions_only_the_rows_that_carry_evidence(tiny_profi
     """apt serve puts requests with and without retrieval in one batch: each row gets what it gets alone."""
     tok = CharTokenizer("".join(map(chr, range(32, 127))))
     model = _model(tiny_profile, tok.vocab_size)
-    model.extras["align"] = _Shift()
+    model.extras["align"] = ShiftAligner()
     evidence = evidence_vector(model, tok, ["the quick brown fox"])
     greedy = Sampling(0.0, None)
     rows = [Sequence(tok.encode(p), max_new_tokens=20, sampling=greedy, seed=0, evidence=e)

@@ -13,6 +13,7 @@ from apt.profile import load_profile
 from apt.providers import ModelDims, SupportsKVCache
 from apt.testing import check_kv_cache
 from apt.tokenizers import ByteTokenizer
+from shift_aligner import ShiftAligner
 
 BLOCK = 16
 
@@ -165,27 +166,11 @@ def test_streamed_text_holds_back_a_possible_stop_string():
     assert seq.take_text() == "y" and seq.finish_reason == "stop" and seq.text == "abENxy"
 
 
-class _Shift(torch.nn.Module):
-    """An evidence aligner in its simplest form: move every hidden state towards the evidence."""
-
-    def provide_evidence(self, evidence):
-        self.evidence = evidence
-
-    def take_evidence(self):
-        return self.__dict__.pop("evidence", None)
-
-    def evidence_view(self, hidden, evidence, lm_head):
-        from apt.model import Output
-
-        mixed = hidden + 4.0 * evidence[:, None, :]
-        return Output(lm_head(mixed), mixed)
-
-
 def test_evidence_conditions_cached_steps_as_it_does_recomputed_ones(model):
     import copy
 
     steered = copy.deepcopy(model)
-    steered.extras["align"] = _Shift()
+    steered.extras["align"] = ShiftAligner()
     tok = ByteTokenizer()
     evidence = torch.randn(1, steered.dims.d_model, generator=torch.Generator().manual_seed(0))
     kw = dict(max_new_tokens=2 * BLOCK, temperature=0, evidence=evidence)

@@ -94,6 +94,14 @@ def test_n_choices_seeds_and_stop_strings(server):
     assert "".join(json.loads(e)["choices"][0]["text"] for e in streamed[:-1]) == first["text"]
 
 
+def test_a_long_request_outlives_the_servers_disconnect_checks(server):
+    """The server looks for a vanished client every half second while a request runs; a request
+    far longer than that (past the block size, so every token re-encodes a window) still completes."""
+    base, _, _ = server
+    body = _complete(base, prompt="a", max_tokens=600, temperature=1.0, seed=3).json()
+    assert body["usage"]["completion_tokens"] == 600 and body["choices"][0]["finish_reason"] == "length"
+
+
 def test_concurrent_requests_share_the_batch_and_match_alone(server):
     base, _, _ = server
     prompts = [f"{name}:" for name in ("ROMEO", "JULIET", "First Citizen", "All", "MENENIUS", "A", "B", "C")]

@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -175,23 +175,25 @@ def create_app(engine: Engine, model_name: str, *, retrieval: Retrieval | None =
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts = [""] * len(choices)
         reasons: list[str | None] = [None] * len(choices)
-        pieces = _pieces(job, events, choices, vote)
-        try:
-            while None in reasons:
-                try:
-                    index, delta, reason = await asyncio.wait_for(anext(pieces), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        engine.cancel(job)
-                        requests[499] += 1
-                        return JSONResponse({}, status_code=499)
-                    continue
+
+        async def collect() -> None:
+            async for index, delta, reason in _pieces(job, events, choices, vote):
                 texts[index] += delta
                 reasons[index] = reason
+
+        collecting = asyncio.ensure_future(collect())
+        try:
+            while not collecting.done():
+                await asyncio.wait({collecting}, timeout=0.5)
+                if not collecting.done() and await request.is_disconnected():
+                    requests[499] += 1
+                    return JSONResponse({}, status_code=499)
+            collecting.result()
         finally:
+            if not collecting.done():
+                collecting.cancel()
             if None in reasons:
                 engine.cancel(job)
-            await pieces.aclose()
         completion_tokens = sum(len(seq.tokens) for seq in sequences)
         return {**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason,
                                      **choices[i].extras()}
@@ -254,7 +256,7 @@ async def _choices(engine: Engine, retrieval: Retrieval | None, vote: Vote | Non
 
 
 async def _pieces(job: Job, events: asyncio.Queue[tuple[Any, ...]], choices: list[Choice],
-                  vote: Vote | None) -> AsyncGenerator[tuple[int, str, str | None], None]:
+                  vote: Vote | None) -> AsyncIterator[tuple[int, str, str | None]]:
     """(choice, new text, finish reason or None) as the engine produces them. A voted choice yields
     once, the winner, when its last candidate finishes (the voter may run in apt-sandbox: a thread)."""
     owner = [choice for choice in choices for _ in choice.sequences]  # the job's sequences, in order
@@ -270,7 +272,10 @@ async def _pieces(job: Job, events: asyncio.Queue[tuple[Any, ...]], choices: lis
             yield choice.index, delta, reason
         elif not left[id(choice)]:
             assert vote is not None
-            decision = await asyncio.to_thread(vote.decide, [seq.completion() for seq in choice.sequences])
+            try:
+                decision = await asyncio.to_thread(vote.decide, [seq.completion() for seq in choice.sequences])
+            except AptError as err:
+                raise RequestError(500, f"the vote failed: {err}", kind="server_error") from None
             choice.vote = decision.report
             winner = next(seq for seq in choice.sequences if seq.text == decision.winner)
             yield choice.index, decision.winner, winner.finish_reason or "stop"
@@ -292,6 +297,10 @@ async def _stream(engine: Engine, job: Job, pieces: AsyncIterator[tuple[int, str
                 yield f"data: {json.dumps(chunk)}\n\n"
         except RequestError as err:
             yield f"data: {json.dumps(err.body())}\n\n"
+        except Exception as err:  # the stream ends with an error event, never a dropped connection
+            log.exception("streaming failed")
+            failed = RequestError(500, f"internal error: {type(err).__name__}", kind="server_error")
+            yield f"data: {json.dumps(failed.body())}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         if left:

@@ -85,9 +85,9 @@ def train_args(root, *extra):
             "--set", "data.tokenizer=bpe", "--set", f"checkpoint.dir={root / 'run'}", *extra]
 
 
-def test_train_trains_the_tokenizer_and_the_checkpoint_carries_it(tmp_path, env):
+def test_train_trains_the_tokenizer_and_the_checkpoint_carries_it(tmp_path, apt_env):
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    trained = run(train_args(tmp_path, "--set", "providers.tokenizer.bpe.vocab_size=300"), env=env, cwd=tmp_path)
+    trained = run(train_args(tmp_path, "--set", "providers.tokenizer.bpe.vocab_size=300"), env=apt_env, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     tok = tokenizer_from_state(state["tokenizer"])
@@ -95,44 +95,44 @@ def test_train_trains_the_tokenizer_and_the_checkpoint_carries_it(tmp_path, env)
     assert state["model"]["lm_head.weight"].shape[0] == tok.vocab_size
 
     generated = run(["generate", "--checkpoint", "run", "--prompt", "Grüße 🙂", "--max-new-tokens", "12",
-                     "--seed", "1"], env=env, cwd=tmp_path)
+                     "--seed", "1"], env=apt_env, cwd=tmp_path)
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.startswith("Grüße 🙂")
 
     (tmp_path / "held_out.txt").write_text(UNICODE * 3, encoding="utf-8")
-    evaluated = run(["eval", "--checkpoint", "run", "--data", "held_out.txt", "--json"], env=env, cwd=tmp_path)
+    evaluated = run(["eval", "--checkpoint", "run", "--data", "held_out.txt", "--json"], env=apt_env, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["tokens"] == len(tok.encode(UNICODE * 3)) - 1
 
     resumed = run(train_args(tmp_path, "--set", "providers.tokenizer.bpe.vocab_size=300", "--resume", "auto",
-                             "--set", "train.max_iters=8"), env=env, cwd=tmp_path)
+                             "--set", "train.max_iters=8"), env=apt_env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert tokenizer_from_state(state["tokenizer"]).state() == tok.state()
 
     mismatch = run(train_args(tmp_path, "--resume", "auto", "--set", "train.max_iters=10",
-                              "--set", "data.tokenizer=char"), env=env, cwd=tmp_path)
+                              "--set", "data.tokenizer=char"), env=apt_env, cwd=tmp_path)
     assert_one_line_error(mismatch, "data.tokenizer='bpe' but the profile now says 'char'", code=mismatch.returncode)
     assert mismatch.returncode != 0
 
 
-def test_tokenizer_train_command_writes_a_folder_the_profile_can_use(tmp_path, env):
+def test_tokenizer_train_command_writes_a_folder_the_profile_can_use(tmp_path, apt_env):
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    made = run(["tokenizer", "train", "--data", "corpus.txt", "--vocab-size", "280", "--out", "tok"], env=env,
+    made = run(["tokenizer", "train", "--data", "corpus.txt", "--vocab-size", "280", "--out", "tok"], env=apt_env,
                cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert made.stdout.startswith("wrote tok/tokenizer.json (vocabulary ")
     on_disk = BPETokenizer.load(tmp_path / "tok")
     assert on_disk.vocab_size <= 280 and on_disk.decode(on_disk.encode(UNICODE)) == UNICODE
 
-    trained = run(train_args(tmp_path, "--set", f"providers.tokenizer.bpe.path={tmp_path / 'tok'}"), env=env,
+    trained = run(train_args(tmp_path, "--set", f"providers.tokenizer.bpe.path={tmp_path / 'tok'}"), env=apt_env,
                   cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert state["tokenizer"] == on_disk.state()
 
-    bad = run(["tokenizer", "train", "--data", "missing.txt", "--out", "tok2"], env=env, cwd=tmp_path)
+    bad = run(["tokenizer", "train", "--data", "missing.txt", "--out", "tok2"], env=apt_env, cwd=tmp_path)
     assert_one_line_error(bad, "--data: file 'missing.txt' not found", code=bad.returncode)
-    small = run(["tokenizer", "train", "--data", "corpus.txt", "--vocab-size", "10", "--out", "tok2"], env=env,
+    small = run(["tokenizer", "train", "--data", "corpus.txt", "--vocab-size", "10", "--out", "tok2"], env=apt_env,
                 cwd=tmp_path)
     assert_one_line_error(small, "--vocab-size must be at least 257", code=small.returncode)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -45,14 +44,6 @@ def apt_step_start(step):
 '''
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    e = dict(os.environ)
-    e["APT_HOME"] = str(tmp_path / "apt_home")
-    e["PYTHONUNBUFFERED"] = "1"
-    e.pop("PYTHONPATH", None)
-    return e
-
 
 def sets(items: list[str]) -> list[str]:
     return [item for flag in items for item in ("--set", flag)]
@@ -68,37 +59,37 @@ def step_records(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, lines) if r["event"] == "step"]
 
 
-def injector(tmp_path: Path, env: dict[str, str]) -> None:
+def injector(tmp_path: Path, apt_env: dict[str, str]) -> None:
     """Install the NaN injector for ``apt train`` subprocesses, trusted to run in-process like the
     monitor itself (a sandboxed run is apt.jail's business, tested there)."""
     site = make_distribution(tmp_path / "site", "nan-injector", entry_points={"apt.plugins": {"injector": "injector"}},
                              modules={"injector.py": INJECTOR})
-    env["PYTHONPATH"] = str(site)
-    TrustStore(Path(env["APT_HOME"]) / "trust.json").add("nan-injector")
+    apt_env["PYTHONPATH"] = str(site)
+    TrustStore(Path(apt_env["APT_HOME"]) / "trust.json").add("nan-injector")
 
 
-def test_nan_in_block_2_output_at_step_7_is_named(tmp_path: Path, env: dict[str, str]) -> None:
-    injector(tmp_path, env)
+def test_nan_in_block_2_output_at_step_7_is_named(tmp_path: Path, apt_env: dict[str, str]) -> None:
+    injector(tmp_path, apt_env)
     run_dir = tmp_path / "run"
     result = run(["train", "-p", "tiny_debug", *TINY,
                   *sets(["model.n_layer=3", "train.max_iters=9", f"checkpoint.dir={run_dir}"])],
-                 env=env, cwd=tmp_path)
+                 env=apt_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if "non-finite" in line]
     assert lines == ["monitor: first non-finite value at step 7: output of blocks.2 (Block)"], result.stdout
     record = next(r for r in step_records(run_dir) if r["step"] == 7)
     assert record["monitor/nonfinite"] == "output of blocks.2 (Block)"
     assert "update skipped" in result.stderr  # the trainer's own policy still applies
-    stored = ErrorStore(Path(env["APT_HOME"]) / "errors.db").list(plugin="monitor")
+    stored = ErrorStore(Path(apt_env["APT_HOME"]) / "errors.db").list(plugin="monitor")
     assert [(r["type"], r["step"], r["context"]["module"], r["context"]["kind"]) for r in stored] == \
         [("nonfinite_origin", 7, "blocks.2", "output")]
 
 
-def test_nan_check_stops_the_run_under_the_trainers_policy(tmp_path: Path, env: dict[str, str]) -> None:
-    injector(tmp_path, env)
+def test_nan_check_stops_the_run_under_the_trainers_policy(tmp_path: Path, apt_env: dict[str, str]) -> None:
+    injector(tmp_path, apt_env)
     result = run(["train", "-p", "tiny_debug", *TINY,
                   *sets(["model.n_layer=3", "train.max_iters=9", "train.max_nonfinite=1",
-                         f"checkpoint.dir={tmp_path / 'run'}"])], env=env, cwd=tmp_path)
+                         f"checkpoint.dir={tmp_path / 'run'}"])], env=apt_env, cwd=tmp_path)
     assert result.returncode == 1
     assert "monitor: first non-finite value at step 7: output of blocks.2 (Block)" in result.stdout
     assert "training diverged at step 7" in result.stderr

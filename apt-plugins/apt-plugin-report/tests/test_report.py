@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -28,14 +27,6 @@ EXTERNAL = re.compile(r"""(?:\bsrc|\bhref)\s*=\s*["']?\s*(?:https?:|//|ftp:)|<sc
                       re.I)
 LAYERS = ["blocks.0.attn", "blocks.0.ffn", "blocks.1.attn", "blocks.1.ffn"]
 
-
-@pytest.fixture
-def env(tmp_path) -> dict[str, str]:
-    e = dict(os.environ)
-    e["APT_HOME"] = str(tmp_path / "apt_home")
-    e["PYTHONUNBUFFERED"] = "1"
-    e.pop("PYTHONPATH", None)
-    return e
 
 
 class _SvgCensus(HTMLParser):
@@ -75,10 +66,10 @@ def _size(value: object) -> float:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: "
                                               "apt-get install chromium)")
-def test_report_of_a_real_run_opens_offline_in_chromium(tmp_path, env):
+def test_report_of_a_real_run_opens_offline_in_chromium(tmp_path, apt_env):
     run_dir = tmp_path / "runs" / "tiny"
     trained = run(["train", "-p", "tiny_debug", *SMALL, "--set", "train.max_iters=24", "--set", "train.eval_interval=8",
-                   "--set", "train.threads=1", "--set", f"checkpoint.dir={run_dir}", "--profile"], env=env, cwd=tmp_path)
+                   "--set", "train.threads=1", "--set", f"checkpoint.dir={run_dir}", "--profile"], env=apt_env, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert (run_dir / "trace.json").is_file()
     import torch
@@ -86,10 +77,10 @@ def test_report_of_a_real_run_opens_offline_in_chromium(tmp_path, env):
     from apt.errorstore import ErrorStore
 
     run_id = torch.load(str(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]), weights_only=True)["run_id"]
-    ErrorStore(Path(env["APT_HOME"]) / "errors.db").record("ProviderError", "attention.tva raised <boom> at step 5",
+    ErrorStore(Path(apt_env["APT_HOME"]) / "errors.db").record("ProviderError", "attention.tva raised <boom> at step 5",
                                                             run_id=run_id, step=5, plugin="attention.tva")
     out = tmp_path / "report" / "report.html"
-    made = run(["report", str(run_dir), "--out", str(out), "--device", "cpu"], env=env, cwd=tmp_path)
+    made = run(["report", str(run_dir), "--out", str(out), "--device", "cpu"], env=apt_env, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     assert f"wrote {out}" in made.stdout
     page = out.read_text()

@@ -1,9 +1,8 @@
-"""Fixtures for the retriever tests: an isolated APT_HOME and tiny random BERT models on disk."""
+"""Fixtures for the retriever tests: tiny random BERT models on disk (``apt_env`` comes from apt.testing)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,6 @@ WORDS = ("the a of and to in is it that was for on with as his he be at by had n
          "what up its about into than them can only other new some could time these two may then do first any my "
          "now such like our over man me even most made after also did many before must through back years where "
          "much your way well down should because each just those people cat dog sat mat king queen").split()
-
-
-@pytest.fixture
-def apt_env(tmp_path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["APT_HOME"] = str(tmp_path / "apt_home")
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HF_HUB_OFFLINE"] = "1"
-    env.pop("PYTHONPATH", None)
-    return env
 
 
 def make_tiny_bert(path: Path, seed: int = 0, pooling: str | None = "mean") -> Path:

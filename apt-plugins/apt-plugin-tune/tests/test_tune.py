@@ -28,14 +28,6 @@ search:
 """
 
 
-@pytest.fixture
-def env(tmp_path):
-    e = dict(os.environ)
-    e["APT_HOME"] = str(tmp_path / "apt_home")
-    e["PYTHONUNBUFFERED"] = "1"
-    e.pop("PYTHONPATH", None)
-    return e
-
 
 def write_profile(root: Path, text: str = PROFILE) -> Path:
     path = root / "tune.yaml"
@@ -62,9 +54,9 @@ def states(study: optuna.Study) -> list[TrialState]:
     ("  checkpoint.dir: {type: categorical, choices: [a, b]}", "search.checkpoint.dir: is set by apt tune"),
     ("  train.lr.x: {type: float, low: 1, high: 2}", "search.train.lr.x: train.lr is a value in the profile"),
 ])
-def test_a_bad_search_section_is_one_line_naming_file_and_line(tmp_path, env, search, fragment):
+def test_a_bad_search_section_is_one_line_naming_file_and_line(tmp_path, apt_env, search, fragment):
     text = "name: t\nmodel: {n_layer: 1}\ntrain: {lr: 0.01}\n\n\nsearch:\n" + search + "\n"
-    result = run(["tune", "-p", str(write_profile(tmp_path, text)), "--trials", "2"], env=env, cwd=tmp_path)
+    result = run(["tune", "-p", str(write_profile(tmp_path, text)), "--trials", "2"], env=apt_env, cwd=tmp_path)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "runs").exists()
 
@@ -76,21 +68,21 @@ def test_a_bad_search_section_is_one_line_naming_file_and_line(tmp_path, env, se
     ([], "--trials N is required"),
     (["--trials", "2", "--pruner", "best"], "argument --pruner: invalid choice"),
 ])
-def test_bad_flags_are_one_line(tmp_path, env, args, fragment):
-    result = run(["tune", "-p", str(write_profile(tmp_path)), *args], env=env, cwd=tmp_path)
+def test_bad_flags_are_one_line(tmp_path, apt_env, args, fragment):
+    result = run(["tune", "-p", str(write_profile(tmp_path)), *args], env=apt_env, cwd=tmp_path)
     assert_one_line_error(result, fragment)
 
 
-def test_a_profile_without_search_section_says_how_to_add_one(tmp_path, env):
-    result = run(["tune", "-p", "tiny_debug", "--trials", "2"], env=env, cwd=tmp_path)
+def test_a_profile_without_search_section_says_how_to_add_one(tmp_path, apt_env):
+    result = run(["tune", "-p", "tiny_debug", "--trials", "2"], env=apt_env, cwd=tmp_path)
     assert_one_line_error(result, "has no search: section; add one mapping profile keys to distributions, e.g. search:")
 
 
-def test_two_processes_and_workers_share_the_default_storage_and_write_the_best_profile(tmp_path, env):
+def test_two_processes_and_workers_share_the_default_storage_and_write_the_best_profile(tmp_path, apt_env):
     """Three concurrent workers (two threads of one apt tune, one more apt tune) on one journal file."""
     profile = write_profile(tmp_path)
     args = [sys.executable, "-m", "apt", "tune", "-p", str(profile), "--trials", "6", "--pruner", "none"]
-    procs = [subprocess.Popen([*args, *extra], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([*args, *extra], env=apt_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True) for extra in (["--workers", "2"], [])]
     outputs = [proc.communicate(timeout=400) for proc in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
@@ -110,10 +102,10 @@ def test_two_processes_and_workers_share_the_default_storage_and_write_the_best_
     assert best["model"]["attention"] == study.best_params["model.attention"]
     assert any(f"best trial {study.best_trial.number}: val loss {study.best_value:.4f}" in out for out, _ in outputs)
 
-    dry = run(["train", "-p", str(study_dir / "best.yaml"), "--dry-run"], env=env, cwd=tmp_path)
+    dry = run(["train", "-p", str(study_dir / "best.yaml"), "--dry-run"], env=apt_env, cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
 
-    report = run(["tune", "-p", str(profile), "--report"], env=env, cwd=tmp_path)
+    report = run(["tune", "-p", str(profile), "--report"], env=apt_env, cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     lines = report.stdout.splitlines()
     assert lines[0].split()[:3] == ["trial", "state", "val"] and lines[1].split()[0] == str(study.best_trial.number)
@@ -124,10 +116,10 @@ def test_two_processes_and_workers_share_the_default_storage_and_write_the_best_
     assert "<script src=" not in page and "not drawn" not in page
 
 
-def test_a_sampled_value_the_core_rejects_stops_the_study_naming_the_search_entry(tmp_path, env):
+def test_a_sampled_value_the_core_rejects_stops_the_study_naming_the_search_entry(tmp_path, apt_env):
     profile = write_profile(tmp_path, PROFILE.split("search:")[0] + "search:\n"
                             "  train.batch_size: {type: categorical, choices: [0]}\n")
-    result = run(["tune", "-p", str(profile), "--trials", "2"], env=env, cwd=tmp_path)
+    result = run(["tune", "-p", str(profile), "--trials", "2"], env=apt_env, cwd=tmp_path)
     assert_one_line_error(result, "trial 0 (train.batch_size=0): ")
     assert "train.batch_size: expected a value >= 1, got 0; fix the range of search.train.batch_size at " \
            f"{profile}:6" in result.stderr
@@ -146,11 +138,11 @@ def diverging_third_trial(root: Path) -> tuple[Path, Path]:
     return profile, study_dir
 
 
-def test_pruning_stops_a_diverging_trial_early(tmp_path, env):
+def test_pruning_stops_a_diverging_trial_early(tmp_path, apt_env):
     profile, study_dir = diverging_third_trial(tmp_path)
     # long enough that the trial cannot finish in the moment between its first eval and the prune
     result = run(["tune", "-p", str(profile), "--trials", "3", "--pruner", "median", "--set", "train.max_iters=400"],
-                 env=env, cwd=tmp_path)
+                 env=apt_env, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout, result.stderr)
     study = journal_study(study_dir)
     assert states(study) == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
@@ -173,11 +165,11 @@ def _children_of(pid: int) -> list[str]:
     return found
 
 
-def test_kill_9_then_the_same_command_finishes_the_study(tmp_path, env):
+def test_kill_9_then_the_same_command_finishes_the_study(tmp_path, apt_env):
     profile = write_profile(tmp_path)
     args = ["tune", "-p", str(profile), "--trials", "2", "--pruner", "none", "--set", "train.max_iters=24"]
     study_dir = tmp_path / "runs" / "tune" / "tiny_tune"
-    proc = subprocess.Popen([sys.executable, "-m", "apt", *args], env=env, cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "apt", *args], env=apt_env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     checkpoints = study_dir / "trials" / "0001" / "checkpoints"
     deadline = time.monotonic() + 120
@@ -195,7 +187,7 @@ def test_kill_9_then_the_same_command_finishes_the_study(tmp_path, env):
         assert not _children_of(proc.pid), "the killed trial's apt train outlived apt tune"
     assert states(journal_study(study_dir)) == [TrialState.COMPLETE, TrialState.RUNNING]
 
-    result = run(args, env=env, cwd=tmp_path)
+    result = run(args, env=apt_env, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "trial 1 was left running by a dead worker" in result.stdout
     assert "study tiny_tune: 1/2 trials done" in result.stdout
@@ -207,13 +199,13 @@ def test_kill_9_then_the_same_command_finishes_the_study(tmp_path, env):
     assert "resumed from" in (study_dir / "trials" / "0001" / "train.log").read_text()
     assert list(retry.intermediate_values) == [4, 8, 12, 16, 20, 24]
 
-    again = run(args, env=env, cwd=tmp_path)
+    again = run(args, env=apt_env, cwd=tmp_path)
     assert again.returncode == 0 and "2/2 trials done" in again.stdout
     assert len(journal_study(study_dir).trials) == 3
 
 
 @pytest.mark.postgres
-def test_postgresql_storage(tmp_path, env):
+def test_postgresql_storage(tmp_path, apt_env):
     url = os.environ.get("APT_TEST_DATABASE_URL")
     if not url:
         pytest.skip("set APT_TEST_DATABASE_URL to a PostgreSQL database")
@@ -225,10 +217,10 @@ def test_postgresql_storage(tmp_path, env):
     try:
         storage = f"{plain}{'&' if '?' in plain else '?'}options=-csearch_path%3D{schema}"
         args = ["tune", "-p", str(write_profile(tmp_path)), "--trials", "1", "--storage", storage]
-        result = run(args, env=env, cwd=tmp_path)
+        result = run(args, env=apt_env, cwd=tmp_path)
         assert result.returncode == 0, (result.stdout, result.stderr)
         assert "storage postgresql://" in result.stdout
-        again = run([*args, "--report"], env=env, cwd=tmp_path)
+        again = run([*args, "--report"], env=apt_env, cwd=tmp_path)
         assert again.returncode == 0 and "1/1 trials done" in again.stdout, again.stderr
         assert (tmp_path / "runs" / "tune" / "tiny_tune" / "report.html").is_file()
         study = optuna.load_study(study_name="tiny_tune", storage=storage.replace("postgresql://",
@@ -241,10 +233,10 @@ def test_postgresql_storage(tmp_path, env):
 
 
 @pytest.mark.slow
-def test_nproc_trains_each_trial_on_two_ranks_and_a_prune_stops_every_rank(tmp_path, env):
+def test_nproc_trains_each_trial_on_two_ranks_and_a_prune_stops_every_rank(tmp_path, apt_env):
     profile, study_dir = diverging_third_trial(tmp_path)
     result = run(["tune", "-p", str(profile), "--trials", "3", "--nproc", "2", "--set", "train.max_iters=200",
-                  "--set", "train.threads=1"], env=env, cwd=tmp_path, timeout=600)
+                  "--set", "train.threads=1"], env=apt_env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert states(journal_study(study_dir)) == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     for number in (0, 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +19,17 @@ def apt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "apt_home"
     monkeypatch.setenv("APT_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def apt_env(apt_home: Path) -> dict[str, str]:
+    """The environment for ``apt`` subprocesses of one test: its private ``APT_HOME``, unbuffered
+    output, offline Hugging Face libraries, and no inherited ``PYTHONPATH`` (the installed packages
+    are what runs)."""
+    env = dict(os.environ)
+    env.update(APT_HOME=str(apt_home), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    return env
 
 
 class ProviderContract:
