@@ -37,14 +37,14 @@ def _train(argv: Sequence[str]) -> int:
                    help="override a profile value (repeatable); --model.attention_name X also works")
     p.add_argument("--resume", default="none", metavar="auto|PATH|none",
                    help="auto: continue from the run directory's newest checkpoint that verifies "
-                        "(step-*.pt or best.pt; damaged ones are skipped with a warning)")
+                        "(step-*.pt, sharded step-*.dcp/ or best; damaged ones are skipped with a warning)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run directory that already holds checkpoints or metrics (deletes them)")
     p.add_argument("--strict", action="store_true", help="fail instead of falling back to another provider")
     p.add_argument("--dry-run", action="store_true", help="validate, print the model size and epoch plan, exit")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train on N local ranks (DDP; gloo on CPU, NCCL on CUDA) under torch's elastic agent; "
-                        "a failing rank stops them all and is named in one summary")
+                   help="train on N local ranks (gloo on CPU, NCCL on CUDA) under torch's elastic agent, with "
+                        "DDP or FSDP2 (train.parallel); a failing rank stops them all and is named in one summary")
     p.add_argument("--max-restarts", type=int, default=0, metavar="N",
                    help="with --nproc: restart the group up to N times after a rank dies, resuming from the "
                         "last checkpoint (--resume auto)")
