@@ -103,7 +103,7 @@ def lint(session: nox.Session) -> None:
     sources = [f"{p}/{part}" for p in packages for part in ("src", "tests") if (ROOT / p / part).is_dir()]
     typed = [str(folder.relative_to(ROOT)) for p in packages for folder in _import_folders(p)]
     checks = {
-        "ruff": ["ruff", "check", "--output-format=concise", *sources, "tests", "noxfile.py"],
+        "ruff": ["ruff", "check", "--output-format=concise", *sources, "tests", "noxfile.py", "conftest.py"],
         "mypy": ["mypy", *typed],
     }
     failed = []
