@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core_cli import SMALL, assert_one_line_error, run
+from core_cli import SMALL, assert_one_line_error, run, serving
 
 HELD_OUT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
@@ -70,6 +70,20 @@ def test_generate_and_eval_load_the_quantised_directory(int8_dir, work, env):
     report = json.loads((out / "report.json").read_text())
     assert result["checkpoint"].endswith("int8/model.pt")
     assert abs(result["loss"] - report["eval"]["after"]["loss"]) < 1e-5
+
+
+def test_apt_serve_answers_from_the_quantised_directory_as_generate_does(int8_dir, work, env):
+    pytest.importorskip("fastapi")
+    import httpx
+
+    out, _ = int8_dir
+    greedy = run(["generate", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "12",
+                  "--temperature", "0", "--json"], env=env, cwd=work)
+    assert greedy.returncode == 0, greedy.stderr
+    with serving(["--checkpoint", str(out)], env=env, cwd=work) as (base, _):
+        answer = httpx.post(f"{base}/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0},
+                            timeout=120).json()
+    assert answer["choices"][0]["text"] == json.loads(greedy.stdout)["text"]
 
 
 def test_bf16_quantize_without_eval_data(work, env):
