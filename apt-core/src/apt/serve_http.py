@@ -104,104 +104,115 @@ def create_app(engine: Engine, model_name: str, *, retrieval: Retrieval | None =
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        g, c = engine.gauges(), engine.counters
-        lines = ["# HELP apt_serve_requests_total Completion requests answered, by HTTP status.",
-                 "# TYPE apt_serve_requests_total counter"]
-        lines += [f'apt_serve_requests_total{{code="{code}"}} {n}' for code, n in sorted(requests.items())]
-        for name, kind, value, doc in [
-            ("prompt_tokens_total", "counter", c["prompt_tokens"], "Prompt tokens received."),
-            ("generated_tokens_total", "counter", c["generated_tokens"], "Tokens generated."),
-            ("decode_steps_total", "counter", c["decode_steps"], "Batched decoding steps run."),
-            ("failed_batches_total", "counter", c["failed_batches"], "Decoding steps that failed."),
-            ("tokens_per_second", "gauge", g["tokens_per_second"], f"Tokens generated per second, last {RATE_WINDOW:g} s."),
-            ("queue_depth", "gauge", g["queue_depth"], "Sequences waiting for a free row."),
-            ("batch_size", "gauge", g["batch_size"], "Sequences in the running batch."),
-            ("mean_batch_size", "gauge", c["decode_rows"] / max(1, c["decode_steps"]), "Mean rows per step."),
-            ("max_batch", "gauge", g["max_batch"], "Rows of the batch (--max-batch)."),
-        ]:
-            lines += [f"# HELP apt_serve_{name} {doc}", f"# TYPE apt_serve_{name} {kind}", f"apt_serve_{name} {value:g}"]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(_metrics_text(engine, requests), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        if body.model is not None and body.model != model_name:
-            raise RequestError(404, f"the model {body.model!r} does not exist; this server has {model_name!r}",
-                               "model", "model_not_found")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        n = body.n or 1
-        if not prompts:
-            raise RequestError(400, "prompt: give at least one prompt", "prompt")
-        if len(stops) > 4:
-            raise RequestError(400, "stop: at most 4 stop sequences", "stop")
-        if vote is not None and n > 1:
-            raise RequestError(400, "n: this server votes (--vote), so each prompt gets one choice, the winner; "
-                                    "drop n", "n")
-        rows_each = vote.samples if vote is not None else n
-        if len(prompts) * rows_each > MAX_CHOICES:
-            raise RequestError(400, f"prompt: prompts x {'the vote' if vote else 'n'} ({rows_each}) must be at most "
-                                    f"{MAX_CHOICES} sequences, got {len(prompts) * rows_each}", "prompt")
-        try:
-            for p in prompts:
-                engine.tokenizer.encode(p)
-        except AptError as err:
-            raise RequestError(400, f"prompt: {err}", "prompt") from None
-        max_tokens = 16 if body.max_tokens is None else body.max_tokens
-        sampling = Sampling(body.temperature if body.temperature is not None else 1.0, body.top_k,
-                            body.top_p if body.top_p is not None else 1.0)
-        seed = body.seed if body.seed is not None else secrets.randbits(62)
-        choices = [choice for i, p in enumerate(prompts)
-                   for choice in await _choices(engine, retrieval, vote, p, i * n, n, max_tokens, sampling, seed,
-                                                stops)]
-        sequences = [seq for choice in choices for seq in choice.sequences]
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-
-        def post(event: tuple[Any, ...]) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the event loop closed under a shutdown: nobody is listening
-                job.cancelled = True
-
-        job = Job(sequences, post)
-        head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name}
-        usage = {"prompt_tokens": sum(len(seq.ids) for seq in sequences)}
-        engine.submit(job)
-        requests[200] += 1
-        if body.stream:
-            return StreamingResponse(_stream(engine, job, _pieces(job, events, choices, vote), head, choices),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts = [""] * len(choices)
-        reasons: list[str | None] = [None] * len(choices)
-
-        async def collect() -> None:
-            async for index, delta, reason in _pieces(job, events, choices, vote):
-                texts[index] += delta
-                reasons[index] = reason
-
-        collecting = asyncio.ensure_future(collect())
-        try:
-            while not collecting.done():
-                await asyncio.wait({collecting}, timeout=0.5)
-                if not collecting.done() and await request.is_disconnected():
-                    requests[499] += 1
-                    return JSONResponse({}, status_code=499)
-            collecting.result()
-        finally:
-            if not collecting.done():
-                collecting.cancel()
-            if None in reasons:
-                engine.cancel(job)
-        completion_tokens = sum(len(seq.tokens) for seq in sequences)
-        return {**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason,
-                                     **choices[i].extras()}
-                                    for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))],
-                "usage": {**usage, "completion_tokens": completion_tokens,
-                          "total_tokens": usage["prompt_tokens"] + completion_tokens}}
+        return await _completions(engine, model_name, retrieval, vote, requests, body, request)
 
     return app
+
+
+def _metrics_text(engine: Engine, requests: collections.Counter[int]) -> str:
+    """Prometheus' text format: request counts by status, token and step counters, batch gauges."""
+    g, c = engine.gauges(), engine.counters
+    lines = ["# HELP apt_serve_requests_total Completion requests answered, by HTTP status.",
+             "# TYPE apt_serve_requests_total counter"]
+    lines += [f'apt_serve_requests_total{{code="{code}"}} {n}' for code, n in sorted(requests.items())]
+    for name, kind, value, doc in [
+        ("prompt_tokens_total", "counter", c["prompt_tokens"], "Prompt tokens received."),
+        ("generated_tokens_total", "counter", c["generated_tokens"], "Tokens generated."),
+        ("decode_steps_total", "counter", c["decode_steps"], "Batched decoding steps run."),
+        ("failed_batches_total", "counter", c["failed_batches"], "Decoding steps that failed."),
+        ("tokens_per_second", "gauge", g["tokens_per_second"], f"Tokens generated per second, last {RATE_WINDOW:g} s."),
+        ("queue_depth", "gauge", g["queue_depth"], "Sequences waiting for a free row."),
+        ("batch_size", "gauge", g["batch_size"], "Sequences in the running batch."),
+        ("mean_batch_size", "gauge", c["decode_rows"] / max(1, c["decode_steps"]), "Mean rows per step."),
+        ("max_batch", "gauge", g["max_batch"], "Rows of the batch (--max-batch)."),
+    ]:
+        lines += [f"# HELP apt_serve_{name} {doc}", f"# TYPE apt_serve_{name} {kind}", f"apt_serve_{name} {value:g}"]
+    return "\n".join(lines) + "\n"
+
+
+async def _completions(engine: Engine, model_name: str, retrieval: Retrieval | None, vote: Vote | None,
+                       requests: collections.Counter[int], body: CompletionRequest, request: Request) -> Any:
+    """``POST /v1/completions``: validate, queue the choices' sequences, then stream or collect them."""
+    if body.model is not None and body.model != model_name:
+        raise RequestError(404, f"the model {body.model!r} does not exist; this server has {model_name!r}",
+                           "model", "model_not_found")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    n = body.n or 1
+    if not prompts:
+        raise RequestError(400, "prompt: give at least one prompt", "prompt")
+    if len(stops) > 4:
+        raise RequestError(400, "stop: at most 4 stop sequences", "stop")
+    if vote is not None and n > 1:
+        raise RequestError(400, "n: this server votes (--vote), so each prompt gets one choice, the winner; "
+                                "drop n", "n")
+    rows_each = vote.samples if vote is not None else n
+    if len(prompts) * rows_each > MAX_CHOICES:
+        raise RequestError(400, f"prompt: prompts x {'the vote' if vote else 'n'} ({rows_each}) must be at most "
+                                f"{MAX_CHOICES} sequences, got {len(prompts) * rows_each}", "prompt")
+    try:
+        for p in prompts:
+            engine.tokenizer.encode(p)
+    except AptError as err:
+        raise RequestError(400, f"prompt: {err}", "prompt") from None
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    sampling = Sampling(body.temperature if body.temperature is not None else 1.0, body.top_k,
+                        body.top_p if body.top_p is not None else 1.0)
+    seed = body.seed if body.seed is not None else secrets.randbits(62)
+    choices = [choice for i, p in enumerate(prompts)
+               for choice in await _choices(engine, retrieval, vote, p, i * n, n, max_tokens, sampling, seed,
+                                            stops)]
+    sequences = [seq for choice in choices for seq in choice.sequences]
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def post(event: tuple[Any, ...]) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the event loop closed under a shutdown: nobody is listening
+            job.cancelled = True
+
+    job = Job(sequences, post)
+    head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
+            "model": model_name}
+    usage = {"prompt_tokens": sum(len(seq.ids) for seq in sequences)}
+    engine.submit(job)
+    requests[200] += 1
+    if body.stream:
+        return StreamingResponse(_stream(engine, job, _pieces(job, events, choices, vote), head, choices),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    texts = [""] * len(choices)
+    reasons: list[str | None] = [None] * len(choices)
+
+    async def collect() -> None:
+        async for index, delta, reason in _pieces(job, events, choices, vote):
+            texts[index] += delta
+            reasons[index] = reason
+
+    collecting = asyncio.ensure_future(collect())
+    try:
+        while not collecting.done():
+            await asyncio.wait({collecting}, timeout=0.5)
+            if not collecting.done() and await request.is_disconnected():
+                requests[499] += 1
+                return JSONResponse({}, status_code=499)
+        collecting.result()
+    finally:
+        if not collecting.done():
+            collecting.cancel()
+        if None in reasons:
+            engine.cancel(job)
+    completion_tokens = sum(len(seq.tokens) for seq in sequences)
+    return {**head, "choices": [{"text": text, "index": i, "logprobs": None, "finish_reason": reason,
+                                 **choices[i].extras()}
+                                for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))],
+            "usage": {**usage, "completion_tokens": completion_tokens,
+                      "total_tokens": usage["prompt_tokens"] + completion_tokens}}
 
 
 @dataclass(eq=False)
