@@ -85,7 +85,8 @@ def best_checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in (folder / BEST_FILE, folder / BEST_SHARDED) if p.exists()]
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a checkpoint, file or sharded directory (a link is removed, never followed)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -96,9 +97,9 @@ def _prune(run_dir: Path, keep_last: int) -> None:
     """Drop step checkpoints beyond the newest ``keep_last`` and temporaries a killed save left."""
     folder = checkpoint_dir(run_dir)
     for _, old in step_checkpoints(run_dir)[:-keep_last]:
-        _remove(old)
+        remove(old)
     for stale in folder.glob(".*.tmp*"):
-        _remove(stale)
+        remove(stale)
 
 
 def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = False) -> Path:
@@ -116,7 +117,7 @@ def save(run_dir: Path, state: dict[str, Any], *, keep_last: int, best: bool = F
         atomic_write(path, lambda f: torch.save(state, f))
         if best:
             atomic_write(folder / BEST_FILE, lambda f: torch.save(state, f))
-            _remove(folder / BEST_SHARDED)  # a run that changed format keeps one best
+            remove(folder / BEST_SHARDED)  # a run that changed format keeps one best
     except DiskFullError as err:
         raise err.advise(advice) from err
     _prune(run_dir, keep_last)
@@ -141,7 +142,7 @@ def save_sharded(run_dir: Path, state: dict[str, Any], tensors: dict[str, Any], 
     tmp = folder / f".{final.name}.tmp"
     distributed = tdist.is_available() and tdist.is_initialized()
     if main:
-        _remove(tmp)
+        remove(tmp)
         tmp.mkdir(parents=True)
     if distributed:
         tdist.barrier()
@@ -155,11 +156,11 @@ def save_sharded(run_dir: Path, state: dict[str, Any], tensors: dict[str, Any], 
             _replace_dir(tmp, final)
             if best:
                 _link_copy(final, folder / BEST_SHARDED)
-                _remove(folder / BEST_FILE)
+                remove(folder / BEST_FILE)
             _prune(run_dir, keep_last)
     except (OSError, RuntimeError) as err:
         if main:
-            _remove(tmp)
+            remove(tmp)
         if out_of_space(err):
             raise DiskFullError(final, free_bytes(folder)).advise(
                 "the previous checkpoint is intact: free space on that disk or set checkpoint.dir to one with "
@@ -183,18 +184,18 @@ def _replace_dir(src: Path, dst: Path) -> None:
     """Rename the finished directory ``src`` to ``dst``; an existing ``dst`` (the same step saved
     again) goes aside first and only then away, so some complete checkpoint exists at every instant."""
     aside = dst.with_name(f".{dst.name}.old.tmp")
-    _remove(aside)
+    remove(aside)
     if dst.exists():
         os.replace(dst, aside)
     os.replace(src, dst)
     fsync_dir(dst.parent)
-    _remove(aside)
+    remove(aside)
 
 
 def _link_copy(src: Path, dst: Path) -> None:
     """``dst`` becomes a copy of the directory ``src`` (hard links where the filesystem allows)."""
     tmp = dst.with_name(f".{dst.name}.tmp")
-    _remove(tmp)
+    remove(tmp)
     tmp.mkdir()
     for f in src.iterdir():
         try:

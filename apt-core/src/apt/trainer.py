@@ -313,10 +313,7 @@ class Trainer:
                            f"start over with --overwrite (deletes them), or set checkpoint.dir to a new directory")
         if self.dist.main:
             for path in checkpoints:
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+                ckpt.remove(path)
             metrics.unlink(missing_ok=True)
             shutil.rmtree(tb, ignore_errors=True)
             self.say(f"--overwrite: removed the previous run ({', '.join(held)})")
@@ -364,8 +361,10 @@ class Trainer:
         by_name: dict[int, str] = {}
         for saved_group, group in zip(saved["param_groups"], self.optimizer.param_groups, strict=True):
             by_name.update({i: names[id(p)] for i, p in zip(saved_group["params"], group["params"], strict=True)})
-        optim: dict[str, Any] = {"state": {by_name[i]: value for i, value in saved["state"].items()},
-                 "param_groups": [{**g, "params": [by_name[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        optim: dict[str, Any] = {
+            "state": {by_name[i]: value for i, value in saved["state"].items()},
+            "param_groups": [{**g, "params": [by_name[i] for i in g["params"]]} for g in saved["param_groups"]],
+        }
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=optim,
                        options=StateDictOptions(full_state_dict=True))
 
